@@ -1,0 +1,4 @@
+from t2i.cli import main
+
+if __name__ == "__main__":
+    main()

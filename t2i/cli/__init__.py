@@ -1,0 +1,47 @@
+"""The ``t2i`` command line: one typer app, a sub-module per command group.
+
+Commands import torch only inside their bodies, so ``t2i --help`` stays fast.
+Exit codes: 0 success, 1 user error (clear message, no traceback), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from t2i.cli import _common, components, config
+
+app = typer.Typer(
+    name="t2i",
+    help="Train, evaluate and compare text-to-image GANs built from registered components.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+components.register(app)
+config.register(app)
+
+for _module in _common.optional_command_modules():
+    _module.register(app)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the t2i version and exit."),
+) -> None:
+    if version:
+        from t2i import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    try:
+        app()
+    except _common.UserError as exc:  # raised outside typer's own handling
+        _common.print_error(str(exc))
+        sys.exit(1)
