@@ -1,0 +1,26 @@
+"""Shared pytest setup: quiet, deterministic, two threads."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # so test modules can import helpers such as golden.py
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_registries():
+    """Every test sees the built-in registries and loses whatever it registered."""
+    from t2i.registry import registries
+
+    saved = {kind: dict(reg._entries) for kind, reg in registries.items()}
+    yield
+    for kind, reg in registries.items():
+        reg._entries.clear()
+        reg._entries.update(saved[kind])
