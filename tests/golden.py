@@ -1,0 +1,140 @@
+"""Shared helpers for golden-fixture parity tests (golden/README.md, "How to compare").
+
+The fixture directory is ``$T2I_GOLDEN`` or ``<project root>/../shared/golden``. Tests collect
+every file matching their component's pattern, so new fixtures in the same format run too.
+
+* ``fixtures(pattern)`` -> sorted paths (``pattern`` is a glob such as ``"*__g_net*.pt"``).
+* ``fixture_params(pattern)`` -> ``pytest.param`` list for ``parametrize``; one clear skip if the
+  directory is absent, one clear failure if it exists but holds no matching file.
+* ``skip_if_missing``: a marker that skips when the directory is absent.
+* ``load(path)``: ``torch.load(..., weights_only=True)``.
+* ``assert_close_f64(ours, ref)``: ``|ours - ref| <= 1e-8 * max(1, |ref|)`` elementwise.
+* ``assert_close_f32(ours, ref, f32_error)``: same measure with ``max(1e-5, 4 * f32_error)``.
+  Both walk dicts/lists, compare integer/bool tensors and plain values exactly, and accept a full
+  tensor where the reference is a reduced map ``{shape, stride, sub, sum_bc, abssum_bc}``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN_DIR = Path(os.environ.get("T2I_GOLDEN", str(ROOT.parent / "shared" / "golden"))).expanduser()
+MISSING_REASON = f"golden fixture directory {GOLDEN_DIR} not found (set T2I_GOLDEN to point at it)"
+
+skip_if_missing = pytest.mark.skipif(not GOLDEN_DIR.is_dir(), reason=MISSING_REASON)
+
+F64_TOL = 1e-8
+REDUCED_KEYS = {"shape", "stride", "sub", "sum_bc", "abssum_bc"}
+
+
+def golden_dir() -> Path:
+    return GOLDEN_DIR
+
+
+def fixtures(pattern: str) -> list[Path]:
+    """Every fixture file in the golden directory matching ``pattern`` (sorted; [] if absent)."""
+    if not GOLDEN_DIR.is_dir():
+        return []
+    return sorted(GOLDEN_DIR.glob(pattern))
+
+
+def fixture_params(pattern: str) -> list[Any]:
+    """``pytest.param`` per fixture file, id = file stem, for ``@pytest.mark.parametrize``."""
+    if not GOLDEN_DIR.is_dir():
+        return [pytest.param(None, id=f"missing:{pattern}", marks=pytest.mark.skip(reason=MISSING_REASON))]
+    found = fixtures(pattern)
+    if not found:
+        return [pytest.param(None, id=f"none:{pattern}", marks=pytest.mark.xfail(reason="no fixture", strict=True))]
+    return [pytest.param(p, id=p.stem) for p in found]
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def is_reduced(ref: Any) -> bool:
+    return isinstance(ref, dict) and REDUCED_KEYS <= set(ref)
+
+
+def reduce_map(full: torch.Tensor, stride: int) -> dict[str, Any]:
+    """The fixtures' reduced form of a large map (README: sub, sum_bc, abssum_bc)."""
+    return {
+        "shape": list(full.shape),
+        "stride": stride,
+        "sub": full[..., ::stride, ::stride],
+        "sum_bc": full.double().sum(dim=(-2, -1)),
+        "abssum_bc": full.double().abs().sum(dim=(-2, -1)),
+    }
+
+
+def _compare(ours: Any, ref: Any, tol: float, name: str) -> None:
+    if is_reduced(ref) and isinstance(ours, torch.Tensor):
+        assert list(ours.shape) == list(ref["shape"]), f"{name}: shape {list(ours.shape)} != {ref['shape']}"
+        ours = reduce_map(ours, int(ref["stride"]))
+    if isinstance(ref, dict):
+        assert isinstance(ours, dict), f"{name}: expected a dict, got {type(ours).__name__}"
+        missing = set(ref) - set(ours)
+        assert not missing, f"{name}: missing entries {sorted(missing)}"
+        for key in ref:
+            _compare(ours[key], ref[key], tol, f"{name}.{key}")
+        return
+    if isinstance(ref, (list, tuple)):
+        assert isinstance(ours, (list, tuple)), f"{name}: expected a list, got {type(ours).__name__}"
+        assert len(ours) == len(ref), f"{name}: length {len(ours)} != {len(ref)}"
+        for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+            _compare(a, b, tol, f"{name}[{i}]")
+        return
+    if isinstance(ref, torch.Tensor):
+        assert isinstance(ours, torch.Tensor), f"{name}: expected a tensor, got {type(ours).__name__}"
+        assert tuple(ours.shape) == tuple(ref.shape), f"{name}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+        if not ref.is_floating_point():
+            assert torch.equal(ours.to(ref.dtype), ref), f"{name}: integer/bool tensors differ"
+            return
+        ours_d, ref_d = ours.detach().double(), ref.double()
+        err = (ours_d - ref_d).abs() / ref_d.abs().clamp(min=1.0)
+        worst = float(err.max()) if err.numel() else 0.0
+        assert worst <= tol, f"{name}: max error {worst:.3e} > {tol:.1e} (at {tuple(int(i) for i in _argmax(err))})"
+        return
+    assert ours == ref, f"{name}: {ours!r} != {ref!r}"
+
+
+def _argmax(err: torch.Tensor) -> tuple[int, ...]:
+    flat = int(err.argmax())
+    return tuple(torch.unravel_index(torch.tensor(flat), err.shape)) if err.dim() else ()
+
+
+def max_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """The README's elementwise measure, maximised: max |ours - ref| / max(1, |ref|)."""
+    ours_d, ref_d = ours.detach().double(), ref.double()
+    return float(((ours_d - ref_d).abs() / ref_d.abs().clamp(min=1.0)).max())
+
+
+def assert_close_f64(ours: Any, ref: Any, name: str = "output") -> None:
+    """Parity proof: float64 against ``outputs_f64`` within 1e-8 * max(1, |ref|)."""
+    _compare(ours, ref, F64_TOL, name)
+
+
+def f32_tolerance(f32_error: float) -> float:
+    return max(1e-5, 4.0 * float(f32_error))
+
+
+def assert_close_f32(ours: Any, ref: Any, f32_error: float, name: str = "output") -> None:
+    """Float32 smoke test against ``outputs`` within max(1e-5, 4 * f32_error)."""
+    _compare(ours, ref, f32_tolerance(f32_error), name)
+
+
+def to_double(obj: Any) -> Any:
+    """Cast floating tensors (nested in dicts/lists) to float64; leave integers and bools."""
+    if isinstance(obj, torch.Tensor):
+        return obj.double() if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: to_double(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_double(v) for v in obj)
+    return obj

@@ -1,0 +1,192 @@
+"""Original checkpoints: bit-exact key round trips, safe loading, clear key-mismatch errors, CLI import/export."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from t2i.cli import app
+from t2i.legacy import KeyMismatchError, LegacyError, load_into, load_original, to_original, to_t2i
+from t2i.registry import get_registry, registries
+
+for _registry in registries.values():
+    _registry.discover()  # before conftest's per-test registry snapshot (the CLI resolves whole recipes)
+
+G, E, C, Z = 3, 8, 5, 6
+
+
+def tiny_generator(refiner: str, params: dict | None = None, res_blocks: int = 1, stages: int = 3) -> nn.Module:
+    entry = get_registry("refiner").get(refiner)
+    return get_registry("generator").build(
+        "stacked",
+        {"res_blocks": res_blocks},
+        z_dim=Z,
+        cond_dim=C,
+        text_dim=E,
+        gf_dim=G,
+        stages=stages,
+        base_size=8,
+        refiner=lambda _i, size: entry.build(params or {}, image_dim=G, word_dim=E, cond_dim=C, size=size),
+    )
+
+
+def randomized(module: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.normal_()
+    return module
+
+
+REFINERS = [
+    ("attention", {}),
+    ("glam", {}),
+    ("dm", {}),
+    ("dm", {"legacy_unused_conv": True}),
+    ("gldm", {}),
+    ("gldm", {"legacy_unused_conv": True}),
+]
+
+
+@pytest.mark.parametrize(("refiner", "params"), REFINERS, ids=[f"{r}-{sorted(p)}" for r, p in REFINERS])
+@pytest.mark.parametrize("stages", [1, 3, 4])
+def test_generator_round_trip_bit_exact(refiner: str, params: dict, stages: int) -> None:
+    state = randomized(tiny_generator(refiner, params, stages=stages)).state_dict()
+    original = to_original("generator", state)
+    assert len(original) == len(state)
+    assert all(k.startswith(("ca_net.", "h_net", "img_net")) for k in original), sorted(original)
+    assert f"img_net{stages}.img.0.weight" in original and "h_net1.upsample1.1.weight" in original
+    back = to_t2i("generator", original)
+    assert list(back) == list(state)
+    for key, value in state.items():
+        assert back[key] is value and torch.equal(back[key], value)
+    assert list(to_original("generator", back)) == list(original)
+
+
+def test_original_names_per_refiner() -> None:
+    """Refiner-specific keys land where the original NEXT_STAGE_G keeps them."""
+    keys = set(to_original("generator", tiny_generator("glam").state_dict()))
+    assert {"h_net2.att.conv_context.weight", "h_net2.att.linear.bias", "h_net2.conv.weight"} <= keys
+    keys = set(to_original("generator", tiny_generator("gldm", {"legacy_unused_conv": True}).state_dict()))
+    assert {"h_net3.M_c.0.bias", "h_net3.response_gate.0.weight", "h_net3.conv.weight", "h_net2.A_c.weight"} <= keys
+    assert "h_net2.residual.0.block.3.weight" in keys and "h_net2.upsample.1.weight" in keys
+
+
+def test_text_encoder_round_trip() -> None:
+    encoder = randomized(get_registry("text_encoder").build("rnn", {}, vocab_size=11, text_dim=E))
+    state = encoder.state_dict()
+    back = to_t2i("text_encoder", to_original("text_encoder", state))
+    assert list(back) == list(state) and all(torch.equal(back[k], v) for k, v in state.items())
+
+
+def test_load_original_refuses_arbitrary_pickles(tmp_path: Path) -> None:
+    path = tmp_path / "netG_epoch_1.pth"
+    torch.save({"weight": torch.zeros(2), "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(LegacyError, match="arbitrary code") as info:
+        load_original(path)
+    assert str(path) in str(info.value) and "weights_only" in str(info.value)
+
+
+def test_load_original_reads_plain_state_dicts(tmp_path: Path) -> None:
+    path = tmp_path / "netD0.pth"
+    state = {"module.a.weight": torch.arange(3.0), "module.b.bias": torch.ones(1)}
+    torch.save(state, path)
+    loaded = load_original(path)
+    assert list(loaded) == ["a.weight", "b.bias"]  # DataParallel prefix removed
+    with pytest.raises(LegacyError, match="not found"):
+        load_original(tmp_path / "missing.pth")
+
+
+def test_key_mismatch_lists_missing_and_unexpected() -> None:
+    dm_state = to_t2i("generator", to_original("generator", tiny_generator("dm").state_dict()))
+    dmm = tiny_generator("dm", {"legacy_unused_conv": True})
+    with pytest.raises(KeyMismatchError) as info:
+        load_into(dmm, dm_state, "generator")
+    message = str(info.value)
+    assert "missing keys (2)" in message and "stages.0.refiner.conv.weight" in message
+    assert info.value.missing == ["stages.0.refiner.conv.weight", "stages.1.refiner.conv.weight"]
+    gldm_state = tiny_generator("gldm").state_dict()
+    with pytest.raises(KeyMismatchError) as info:
+        load_into(tiny_generator("dm"), gldm_state, "generator")
+    assert "stages.0.refiner.A_c.weight" in info.value.unexpected
+    assert any("response_gate.0.weight" in s for s in info.value.shapes)
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+TINY_SETS = [
+    "model.gf_dim=3",
+    "model.text_dim=8",
+    "model.cond_dim=5",
+    "model.z_dim=6",
+    "model.base_size=8",
+    "model.stages=2",
+]
+
+
+def _invoke(*args: str):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+def test_cli_import_export_round_trip(tmp_path: Path) -> None:
+    sets = [arg for s in TINY_SETS for arg in ("--set", s)]
+    generator = randomized(tiny_generator("dm", res_blocks=2, stages=2))
+    encoder = randomized(get_registry("text_encoder").build("rnn", {}, vocab_size=13, text_dim=E))
+    originals = {
+        "netG_epoch_3.pth": to_original("generator", generator.state_dict()),
+        "text_encoder7.pth": to_original("text_encoder", encoder.state_dict()),
+    }
+    for name, state in originals.items():
+        torch.save(state, tmp_path / name)
+    out = tmp_path / "ck" / "imported.pt"
+    result, text = _invoke(
+        "import", "dmgan_bird", *sets, tmp_path / "netG_epoch_3.pth", tmp_path / "text_encoder7.pth", "-o", out
+    )
+    assert result.exit_code == 0, text
+    checkpoint = torch.load(out, weights_only=True)
+    assert checkpoint["format_version"] == 1 and checkpoint["recipe"]["model"]["gf_dim"] == 3
+    assert set(checkpoint["models"]) == {"generator", "generator_ema", "text_encoder"}
+    for key, value in generator.state_dict().items():
+        assert torch.equal(checkpoint["models"]["generator_ema"][key], value)
+
+    exported = tmp_path / "exported"
+    result, text = _invoke("export", out, "-o", exported)
+    assert result.exit_code == 0, text
+    for written, source in (("netG.pth", "netG_epoch_3.pth"), ("text_encoder.pth", "text_encoder7.pth")):
+        back, original = torch.load(exported / written, weights_only=True), originals[source]
+        assert list(back) == list(original)
+        assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in original.items())
+
+
+def test_cli_import_reports_mismatch_and_unknown_files(tmp_path: Path) -> None:
+    sets = [arg for s in TINY_SETS for arg in ("--set", s)]
+    torch.save(
+        to_original("generator", tiny_generator("dm", res_blocks=2, stages=2).state_dict()),
+        tmp_path / "netG_epoch_1.pth",
+    )
+    result, text = _invoke(
+        "import",
+        "dmgan_bird",
+        *sets,
+        "--set",
+        "model.refiner=attention",
+        tmp_path / "netG_epoch_1.pth",
+        "-o",
+        tmp_path / "x.pt",
+    )
+    assert result.exit_code == 1
+    assert "missing keys" in text and "unexpected keys" in text and "stages.0.refiner.M_r.0.weight" in text
+    assert not (tmp_path / "x.pt").exists()
+
+    strange = tmp_path / "weights.bin"
+    torch.save({}, strange)
+    result, text = _invoke("import", "dmgan_bird", *sets, strange, "-o", tmp_path / "x.pt")
+    assert result.exit_code == 1 and "--as" in text
+    torch.save({"x": argparse.Namespace()}, tmp_path / "netG_bad.pth")
+    result, text = _invoke("import", "dmgan_bird", *sets, tmp_path / "netG_bad.pth", "-o", tmp_path / "x.pt")
+    assert result.exit_code == 1 and "arbitrary code" in text
