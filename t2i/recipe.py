@@ -236,7 +236,7 @@ class Recipe(Section):
         if resolved:
             for path, _kind, comp in self.components():
                 _set_path(data, path, comp.resolved_dict())
-        return data
+        return _drop_none(data)
 
     def to_toml(self, resolved: bool = True) -> str:
         import tomli_w
@@ -257,6 +257,15 @@ class Recipe(Section):
 
     def stage_sizes(self) -> list[int]:
         return [self.model.base_size * 2**i for i in range(self.model.stages)]
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: unset optional values are left out (they read back as their defaults)."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
 
 
 def _walk_components(model: BaseModel, prefix: str) -> Iterator[tuple[str, str, Component]]:

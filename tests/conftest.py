@@ -19,6 +19,8 @@ def _isolated_registries():
     """Every test sees the built-in registries and loses whatever it registered."""
     from t2i.registry import registries
 
+    for reg in registries.values():
+        reg.discover()  # so the restore below never drops built-ins discovered during a test
     saved = {kind: dict(reg._entries) for kind, reg in registries.items()}
     yield
     for kind, reg in registries.items():

@@ -1,1 +1,1 @@
-"""train"""
+"""Training: the GAN loop, pretraining, run folders, checkpoints, EMA, distributed setup."""

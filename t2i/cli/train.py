@@ -1,0 +1,274 @@
+"""``t2i train``, ``t2i pretrain damsm|stream`` and ``t2i demo``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from t2i.cli._common import CodeOption, SetOption, UserError, console, import_code, load_recipe, user_errors
+
+pretrain_app = typer.Typer(
+    help="Pretrain the frozen networks: DAMSM encoders and the STREAM captioner.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.add_typer(pretrain_app, name="pretrain")
+    app.command("demo")(demo)
+
+
+def _recipe_for_resume(resume: Path, sets: list[str] | None, code: list[Path] | None):
+    from t2i import recipe as recipe_mod
+    from t2i.train.run_dir import open_existing
+
+    import_code(code)
+    run = open_existing(resume)
+    data = recipe_mod.read_toml(run.path / "config.resolved.toml")
+    data = recipe_mod.apply_overrides(data, list(sets or []))
+    return recipe_mod.validate(data, str(run.path / "config.resolved.toml"), list(sets or [])), run
+
+
+def _dataset(recipe, split: str, image_sizes: list[int]):
+    return recipe.data.dataset.build(split=split, image_sizes=image_sizes)
+
+
+def _sample_split(recipe, image_sizes):
+    try:
+        return _dataset(recipe, "test", image_sizes)
+    except Exception:  # a data set without a test split samples from its training captions
+        return None
+
+
+@user_errors
+def train(
+    recipe: str = typer.Argument(None, help="Recipe file or built-in recipe name (optional with --resume)."),
+    sets: list[str] = SetOption,
+    code: list[Path] = CodeOption,
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder from its last checkpoint."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Root folder for new runs."),
+    run_dir: Path = typer.Option(None, "--run-dir", help="Exact folder for a new run (must be empty)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and the networks, then exit."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes (DDP, gloo) via torchrun."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Stop after this many steps (default: train.steps)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on the console."),
+) -> None:
+    """Train a GAN from a recipe: D update per stage, G update, EMA; writes a run folder.
+
+    Example: [bold]t2i train dmgan_shapes --set train.steps=200[/]   (resume: [bold]t2i train --resume runs/dmgan_shapes/<run>[/])
+    """
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(nproc)
+        return
+    import torch
+
+    from t2i.train import checkpoint as ckpt
+    from t2i.train import distributed
+    from t2i.train import run_dir as run_dirs
+    from t2i.train.loop import GANTrainer, Stop, install_signal_handlers
+
+    info = distributed.init_from_env()
+    if resume is not None:
+        loaded, run = _recipe_for_resume(resume, sets, code)
+    else:
+        if recipe is None:
+            raise UserError("give a RECIPE (or --resume RUN_DIR)")
+        loaded, run = load_recipe(recipe, sets, code), None
+    image_sizes = loaded.stage_sizes()
+    dataset = _dataset(loaded, "train", image_sizes)
+    if dry_run:
+        _print_dry_run(loaded, dataset)
+        return
+    state = None
+    if run is not None:
+        keeper = ckpt.CheckpointKeeper(run.checkpoints)
+        if keeper.last.exists():
+            try:
+                ckpt.load(keeper.last)
+            except ckpt.CheckpointError as exc:
+                console.print(f"[yellow]warning:[/] {exc}; falling back to the newest periodic checkpoint")
+        state = keeper.latest_good()
+        console.print(f"resuming {run.path} from step {state['step']} ({Path(state['_path']).name})")
+    else:
+        path = run_dirs.create(loaded, runs, run_dir=run_dir).path if info.is_main else None
+        run = run_dirs.RunDir(Path(distributed.broadcast_text(str(path) if path else None, info)))
+    trainer = GANTrainer(
+        loaded,
+        run,
+        dataset,
+        rank=info.rank,
+        world=info.world,
+        resume=state,
+        sample_dataset=_sample_split(loaded, image_sizes),
+        quiet=quiet,
+    )
+    stop = Stop()
+    install_signal_handlers(stop)
+    torch.set_grad_enabled(True)
+    last = trainer.fit(steps=steps, stop=stop)
+    distributed.shutdown(info)
+    if info.is_main:
+        console.print(f"run folder: {run.path}\nlast checkpoint: {last}\nsamples: {run.samples}")
+    if stop.signal_name:
+        raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143)
+
+
+def _launch_torchrun(nproc: int) -> None:
+    args = [a for a in sys.argv[1:]]
+    cleaned, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        cleaned.append(a)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "t2i",
+        *cleaned,
+    ]
+    console.print("launching: " + " ".join(command), highlight=False)
+    raise typer.Exit(subprocess.call(command))
+
+
+def _print_dry_run(recipe, dataset) -> None:
+    from rich.table import Table
+
+    from t2i.train.networks import build_discriminators, build_generator, build_text_encoder
+
+    console.print(recipe.to_toml(), highlight=False, markup=False)
+    table = Table(title="networks", title_justify="left")
+    table.add_column("network")
+    table.add_column("component")
+    table.add_column("parameters", justify="right")
+    g = build_generator(recipe)
+    table.add_row(
+        "generator",
+        f"{recipe.model.generator.entry.name} + {recipe.model.refiner.entry.name}",
+        f"{sum(p.numel() for p in g.parameters() if p.requires_grad):,}",
+    )
+    for size, d in zip(recipe.stage_sizes(), build_discriminators(recipe), strict=True):
+        table.add_row(
+            f"discriminator {size}px",
+            recipe.model.discriminator.entry.name,
+            f"{sum(p.numel() for p in d.parameters() if p.requires_grad):,}",
+        )
+    te = build_text_encoder(recipe, len(dataset.vocab))
+    table.add_row(
+        "text encoder (frozen)", recipe.model.text_encoder.entry.name, f"{sum(p.numel() for p in te.parameters()):,}"
+    )
+    for term in recipe.train.alignment:
+        table.add_row(f"alignment term ×{term.params.weight:g}", term.entry.name, "-")
+    console.print(table)
+    console.print(
+        f"data: {recipe.data.dataset.entry.name}, {len(dataset)} training items, vocabulary {len(dataset.vocab)}"
+    )
+
+
+def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, quiet, export=None) -> None:
+    from t2i.train import checkpoint as ckpt
+    from t2i.train import run_dir as run_dirs
+    from t2i.train.loop import Stop, install_signal_handlers
+    from t2i.train.pretrain import PRETRAINERS
+
+    if resume is not None:
+        loaded, run = _recipe_for_resume(resume, sets, code)
+        state = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
+    else:
+        if recipe is None:
+            raise UserError("give a RECIPE (or --resume RUN_DIR)")
+        loaded = load_recipe(recipe, sets, code)
+        loaded.name = f"{loaded.name}-{kind}"
+        run, state = run_dirs.create(loaded, runs, run_dir=run_dir), None
+    size = loaded.pretrain.damsm.image_size if kind == "damsm" else loaded.stage_sizes()[-1]
+    dataset = _dataset(loaded, "train", [size])
+    trainer = PRETRAINERS[kind](loaded, run, dataset, resume=state, quiet=quiet)
+    stop = Stop()
+    install_signal_handlers(stop)
+    last = trainer.fit(stop)
+    if export is not None and not stop.signal_name:
+        import shutil
+
+        Path(export).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(last, export)
+        last = Path(export)
+    console.print(
+        f"run folder: {run.path}\ncheckpoint: {last}\n"
+        f"use it in a training recipe: --set train.pretrained.{'text_encoder' if kind == 'damsm' else 'captioner'}={last}"
+    )
+
+
+_PRETRAIN_OPTIONS = dict(
+    resume=typer.Option(None, "--resume", help="Continue this pretraining run folder."),
+    runs=typer.Option(Path("runs"), "--runs", help="Root folder for new runs."),
+    run_dir=typer.Option(None, "--run-dir", help="Exact folder for the new run."),
+    quiet=typer.Option(False, "--quiet", "-q"),
+    export=typer.Option(None, "--export", help="Also copy the final checkpoint to this path (what recipes point at)."),
+)
+
+
+@pretrain_app.command("damsm")
+@user_errors
+def pretrain_damsm(
+    recipe: str = typer.Argument(None, help="Recipe (its [pretrain.damsm] section and model encoders)."),
+    sets: list[str] = SetOption,
+    code: list[Path] = CodeOption,
+    resume: Path = _PRETRAIN_OPTIONS["resume"],
+    runs: Path = _PRETRAIN_OPTIONS["runs"],
+    run_dir: Path = _PRETRAIN_OPTIONS["run_dir"],
+    quiet: bool = _PRETRAIN_OPTIONS["quiet"],
+    export: Path = _PRETRAIN_OPTIONS["export"],
+) -> None:
+    """Train the DAMSM text and image encoders (word + sentence matching), as the originals.
+
+    Example: [bold]t2i pretrain damsm dmgan_shapes --set pretrain.damsm.epochs=5[/]
+    """
+    _pretrain("damsm", recipe, sets, code, resume, runs, run_dir, quiet, export)
+
+
+@pretrain_app.command("stream")
+@user_errors
+def pretrain_stream(
+    recipe: str = typer.Argument(None, help="Recipe (its [pretrain.stream] section and model.captioner)."),
+    sets: list[str] = SetOption,
+    code: list[Path] = CodeOption,
+    resume: Path = _PRETRAIN_OPTIONS["resume"],
+    runs: Path = _PRETRAIN_OPTIONS["runs"],
+    run_dir: Path = _PRETRAIN_OPTIONS["run_dir"],
+    quiet: bool = _PRETRAIN_OPTIONS["quiet"],
+    export: Path = _PRETRAIN_OPTIONS["export"],
+) -> None:
+    """Train the STREAM captioner (teacher forcing) with the data set's vocabulary.
+
+    Example: [bold]t2i pretrain stream mirrorgan_shapes --set pretrain.stream.epochs=3[/]
+    """
+    _pretrain("stream", recipe, sets, code, resume, runs, run_dir, quiet, export)
+
+
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes its runs."),
+    steps: int = typer.Option(None, "--steps", help="GAN steps (default: the dmgan_shapes recipe's)."),
+    code: list[Path] = CodeOption,
+) -> None:
+    """The main job on the built-in synthetic data: pretrain DAMSM, train a small DM-GAN, write samples.
+
+    Example: [bold]t2i demo[/]
+    """
+    from t2i.cli.demo import run_demo
+
+    import_code(code)
+    run_demo(out, steps)

@@ -1,0 +1,315 @@
+"""The GAN training loop shared by every recipe (training.md §4.1, the original iteration order).
+
+One iteration: encode text (frozen) → one G forward → for each stage, a D update on (real, fake.detach()) →
+one G update with the recipe's adversarial term, alignment terms on the last image and the KL term → EMA.
+Loss terms come from the recipe; the loop never branches on which ones are present.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import t2i
+from t2i.batch import Batch, TextFeatures
+from t2i.losses.kl import kl_loss
+from t2i.recipe import Recipe
+from t2i.train import checkpoint as ckpt
+from t2i.train import rng
+from t2i.train.data import make_loader
+from t2i.train.ema import EMA, ema_decay
+from t2i.train.networks import Networks, build_networks
+from t2i.train.progress import Progress
+from t2i.train.run_dir import RunDir
+
+
+class NonFiniteLossError(RuntimeError):
+    t2i_user_error = True
+
+
+@dataclass
+class Stop:
+    """Set by a signal handler; the loop checkpoints and leaves at the end of the step."""
+
+    signal_name: str | None = None
+
+
+def text_features(text_encoder: nn.Module, batch: Batch, mask_ids: Tensor) -> TextFeatures:
+    with torch.no_grad():
+        words, sentence = text_encoder(batch.captions, batch.lengths)
+    T = words.shape[2]
+    mask = torch.isin(batch.captions[:, :T], mask_ids)
+    return TextFeatures(
+        words=words.detach(),
+        sentence=sentence.detach(),
+        mask=mask,
+        captions=batch.captions,
+        lengths=batch.lengths,
+        class_ids=batch.class_ids,
+    )
+
+
+class GANTrainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run: RunDir,
+        dataset,
+        *,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world: int = 1,
+        resume: dict[str, Any] | None = None,
+        sample_dataset=None,
+        quiet: bool = False,
+    ):
+        self.recipe, self.run, self.dataset = recipe, run, dataset
+        self.device = torch.device(device)
+        self.rank, self.world = rank, world
+        self.quiet = quiet
+        self.vocab = dataset.vocab
+        self.mask_ids = torch.tensor(sorted(self.vocab.mask_ids), dtype=torch.long, device=self.device)
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        torch.use_deterministic_algorithms(recipe.train.deterministic, warn_only=True)
+
+        rng.seed_everything(recipe.seed + rank)
+        self.nets: Networks = build_networks(recipe, self.vocab, device=self.device, pretrain_hint=recipe.source)
+        t = recipe.train
+        self.opt_g = torch.optim.Adam(self.nets.generator.parameters(), lr=t.lr_g, betas=t.betas)
+        self.opt_d = [
+            torch.optim.Adam([p for p in d.parameters() if p.requires_grad], lr=t.lr_d, betas=t.betas)
+            for d in self.nets.discriminators
+        ]
+        # Trainable D parameters (spectral-norm u/v vectors are Parameters without gradients).
+        self.d_trainable = [[p for p in d.parameters() if p.requires_grad] for d in self.nets.discriminators]
+        self.ema = EMA(self.nets.generator, ema_decay(t.ema.decay, t.ema.half_life_steps), t.ema.include_buffers)
+        self.noise = torch.Generator().manual_seed(recipe.seed * 1000 + rank)  # z and CA noise of training steps
+        self.step = 0
+        self.best: dict[str, float] = {}
+        self.g_model: nn.Module = self.nets.generator
+        self.d_models: list[nn.Module] = list(self.nets.discriminators)
+        if resume is not None:
+            self.load_state(resume)
+        if world > 1:
+            from t2i.train.distributed import wrap_ddp
+
+            self.g_model, self.d_models = wrap_ddp(self.nets.generator, self.nets.discriminators)
+        from t2i.train.samples import SampleWriter
+
+        self.samples = (
+            SampleWriter(recipe, sample_dataset or dataset, self.vocab, self.run.samples, mask_ids=self.mask_ids)
+            if rank == 0
+            else None
+        )
+        if self.samples is not None:
+            self.samples.text_encoder = self.nets.text_encoder
+
+    # -- state ----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        frozen = {role: net.state_dict() for role, net in self.nets.frozen.items()}
+        return {
+            "format_version": ckpt.FORMAT_VERSION,
+            "t2i_version": t2i.__version__,
+            "kind": "gan",
+            "step": self.step,
+            "recipe": self.recipe.to_dict(),
+            "vocab": self.vocab.to_dict(),
+            "models": {
+                "generator": self.nets.generator.state_dict(),
+                "generator_ema": self.ema.state_dict(),
+                "discriminators": [d.state_dict() for d in self.nets.discriminators],
+                "text_encoder": self.nets.text_encoder.state_dict(),
+                **frozen,
+            },
+            "optimizers": {
+                "generator": self.opt_g.state_dict(),
+                "discriminators": [o.state_dict() for o in self.opt_d],
+            },
+            "rng": rng.capture({"noise": self.noise}),
+            "data": {"batches_consumed": self.step, "seed": self.recipe.seed},
+            "metrics": {"best": dict(self.best)},
+            "world_size": self.world,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        models = state["models"]
+        self.nets.generator.load_state_dict(models["generator"])
+        self.ema.load_state_dict(models["generator_ema"])
+        for d, sd in zip(self.nets.discriminators, models["discriminators"], strict=True):
+            d.load_state_dict(sd)
+        self.nets.text_encoder.load_state_dict(models["text_encoder"])
+        for role, net in self.nets.frozen.items():
+            if role in models:
+                net.load_state_dict(models[role])
+        self.opt_g.load_state_dict(state["optimizers"]["generator"])
+        for opt, sd in zip(self.opt_d, state["optimizers"]["discriminators"], strict=True):
+            opt.load_state_dict(sd)
+        rng.restore(state["rng"], {"noise": self.noise})
+        self.step = int(state["step"])
+        self.best = dict(state.get("metrics", {}).get("best", {}))
+        if state.get("world_size", 1) != self.world:
+            # Per-rank noise streams cannot be split or merged: re-derive them from the seed and the step.
+            self.noise.manual_seed(self.recipe.seed * 1000 + self.rank + 7919 * self.step)
+
+    # -- one iteration ------------------------------------------------------------------------
+    def _check(self, name: str, value: Tensor) -> bool:
+        if torch.isfinite(value).all():
+            return True
+        if self.recipe.train.nan_policy == "skip":
+            self.log(f"step {self.step + 1}: loss term {name} is {value.item()}; skipping this batch (nan_policy=skip)")
+            return False
+        raise NonFiniteLossError(
+            f"loss term {name!r} is {value.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
+            f'{self.run.checkpoints / "last.pt"} (set train.nan_policy = "skip" to skip such batches instead)'
+        )
+
+    def train_step(self, batch: Batch) -> dict[str, float] | None:
+        nets, adv = self.nets, self.nets.adversarial
+        batch = batch.to(self.device)
+        text = text_features(nets.text_encoder, batch, self.mask_ids)
+        B = len(batch)
+        z = torch.randn(B, self.recipe.model.z_dim, generator=self.noise).to(self.device)
+        eps = torch.randn(B, self.recipe.model.cond_dim, generator=self.noise).to(self.device)
+        self.g_model.train()
+        out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
+        logs: dict[str, float] = {}
+
+        # D update per stage, on the detached fakes.
+        for i, (d, opt) in enumerate(zip(self.d_models, self.opt_d, strict=True)):
+            _set_requires_grad(self.d_trainable[i], True)
+            opt.zero_grad(set_to_none=True)
+            loss_d, d_logs = adv.discriminator_loss(d, batch.images[i], out.images[i].detach(), text.sentence)
+            if not self._check(f"D{i}", loss_d):
+                return None
+            loss_d.backward()
+            opt.step()
+            logs[f"loss/D{i}"] = loss_d.item()
+            logs.update({f"D{i}/{k}": float(v) for k, v in d_logs.items()})
+
+        # G update: D weights get no gradients (nothing would use them; the originals computed and discarded them).
+        self.opt_g.zero_grad(set_to_none=True)
+        terms: dict[str, Tensor] = {}
+        for i, d in enumerate(self.d_models):
+            _set_requires_grad(self.d_trainable[i], False)
+            core = d.module if hasattr(d, "module") else d
+            loss_g, _ = adv.generator_loss(core, out.images[i], text.sentence)
+            terms[f"G{i}"] = loss_g
+        for name, term in zip(nets.alignment_names, nets.alignment, strict=True):
+            value, sub = term(out.images[-1], text)
+            terms[name] = value
+            logs.update({f"{name}/{k}": float(v) for k, v in sub.items()})
+        terms["kl"] = self.recipe.train.kl_weight * kl_loss(out.mu, out.logvar)
+        for name, value in terms.items():
+            if not self._check(name, value):
+                return None
+        total = torch.stack(list(terms.values())).sum()
+        total.backward()
+        self.opt_g.step()
+        self.ema.update(nets.generator)
+        logs["loss/G"] = total.item()
+        logs.update({f"loss/{k}": v.item() for k, v in terms.items()})
+        return logs
+
+    # -- the run --------------------------------------------------------------------------
+    def log(self, line: str) -> None:
+        if self.rank == 0:
+            self.run.log(line)
+            if self.progress is not None:
+                self.progress.print(line)
+
+    progress: Progress | None = None
+
+    def fit(self, steps: int | None = None, stop: Stop | None = None) -> Path:
+        t = self.recipe.train
+        total = steps if steps is not None else t.steps
+        stop = stop or Stop()
+        world = self.world
+        loader = make_loader(
+            self.dataset,
+            self.recipe.data.batch_size,
+            self.recipe.seed,
+            workers=self.recipe.data.workers,
+            start_batch=self.step,
+            rank=self.rank,
+            world=world,
+        )
+        self.progress = Progress(
+            total, start=self.step, enabled=self.rank == 0 and not self.quiet, description=self.recipe.name or "train"
+        )
+        if self.step == 0 and self.rank == 0:
+            self.log(
+                f"training {self.recipe.name}: {total} steps, batch {self.recipe.data.batch_size}, "
+                f"run folder {self.run.path}"
+            )
+        elif self.rank == 0:
+            self.log(f"resumed at step {self.step} of {total}")
+        last_path = self.run.checkpoints / "last.pt"
+        window_start, window_images = time.perf_counter(), 0
+        with self.progress:
+            iterator = iter(loader)
+            while self.step < total:
+                batch = next(iterator)
+                logs = self.train_step(batch)
+                self.step += 1  # a skipped batch still counts: the data order stays aligned with the step
+                if logs is not None:
+                    window_images += len(batch) * world
+                    self.progress.update(self.step, logs)
+                if self.rank == 0 and logs is not None and (self.step % t.log_every == 0 or self.step == total):
+                    elapsed = time.perf_counter() - window_start
+                    row = {
+                        "step": self.step,
+                        "time": time.time(),
+                        "images_per_s": window_images / max(elapsed, 1e-9),
+                        **{k: v for k, v in logs.items() if math.isfinite(v)},
+                    }
+                    self.run.append_metrics(row)
+                    if not self.progress.live:
+                        self.log(_format_line(self.step, total, row))
+                    window_start, window_images = time.perf_counter(), 0
+                if self.samples is not None and (self.step % t.sample_every == 0 or self.step == total):
+                    self.samples.write(self.ema.model, self.step)
+                periodic = self.step % t.checkpoint_every == 0
+                if periodic or self.step == total or stop.signal_name:
+                    last_path = self.save(periodic=periodic)
+                if stop.signal_name:
+                    self.log(
+                        f"{stop.signal_name}: checkpoint written at step {self.step}; resume with "
+                        f"`t2i train --resume {self.run.path}`"
+                    )
+                    break
+        if self.rank == 0 and not stop.signal_name:
+            self.log(f"done: {self.step} steps; last checkpoint {last_path}")
+        return last_path
+
+    def save(self, periodic: bool) -> Path:
+        if self.rank != 0:
+            return self.run.checkpoints / "last.pt"
+        keeper = ckpt.CheckpointKeeper(self.run.checkpoints, self.recipe.train.keep_checkpoints)
+        return keeper.save(self.state(), self.step, periodic=periodic)[0]
+
+
+def _set_requires_grad(params: list[nn.Parameter], flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def _format_line(step: int, total: int, row: dict[str, float]) -> str:
+    keys = [k for k in row if k.startswith("loss/")]
+    losses = " ".join(f"{k[5:]}={row[k]:.3f}" for k in keys)
+    return f"step {step}/{total} {row['images_per_s']:.1f} img/s {losses}"
+
+
+def install_signal_handlers(stop: Stop) -> None:
+    def handler(signum, _frame):
+        stop.signal_name = signal.Signals(signum).name
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,122 @@
+"""Run folders: ``runs/<recipe>/<YYYYmmdd-HHMMSS>-<hash8>/`` that explain themselves (design-anchors.md §4.2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class RunDirError(RuntimeError):
+    t2i_user_error = True
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "log.txt"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with self.metrics_file.open("a") as handle:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def log(self, line: str) -> None:
+        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        with self.log_file.open("a") as handle:
+            handle.write(f"[{stamp}] {line}\n")
+
+
+def recipe_hash(resolved_toml: str) -> str:
+    return hashlib.sha256(resolved_toml.encode()).hexdigest()[:8]
+
+
+def create(recipe, root: str | Path = "runs", *, run_dir: str | Path | None = None) -> RunDir:
+    """Make a fresh run folder and write the recipe as given, the overrides, the resolved recipe and env.json."""
+    resolved = recipe.to_toml()
+    if run_dir is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(root) / (recipe.name or "recipe") / f"{stamp}-{recipe_hash(resolved)}"
+    else:
+        path = Path(run_dir)
+    if path.exists() and any(path.iterdir()):
+        raise RunDirError(f"run folder {path} exists and is not empty; use --resume {path} to continue it")
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (path / "samples").mkdir(exist_ok=True)
+    source = Path(recipe.source)
+    if source.is_file():
+        shutil.copyfile(source, path / "recipe.toml")
+    (path / "overrides.txt").write_text("".join(f"{o}\n" for o in recipe.overrides))
+    (path / "config.resolved.toml").write_text(resolved)
+    (path / "env.json").write_text(json.dumps(environment(recipe.seed), indent=2, sort_keys=True) + "\n")
+    return RunDir(path)
+
+
+def open_existing(path: str | Path) -> RunDir:
+    path = Path(path)
+    if not (path / "config.resolved.toml").is_file():
+        raise RunDirError(f"{path} is not a t2i run folder (no config.resolved.toml)")
+    return RunDir(path)
+
+
+def git_commit() -> dict[str, Any]:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def environment(seed: int, world_size: int = 1) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    import t2i
+
+    packages = {"t2i": t2i.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in ("torchvision", "pydantic", "scipy", "PIL"):
+        try:
+            packages[name] = __import__(name).__version__
+        except Exception:  # optional in this record
+            packages[name] = None
+    return {
+        "argv": sys.argv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "packages": packages,
+        "git": git_commit(),
+        "seed": seed,
+        "world_size": world_size,
+        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+    }
