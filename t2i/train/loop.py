@@ -205,7 +205,7 @@ class GANTrainer:
         for name, term in zip(nets.alignment_names, nets.alignment, strict=True):
             value, sub = term(out.images[-1], text)
             terms[name] = value
-            logs.update({f"{name}/{k}": float(v) for k, v in sub.items()})
+            logs.update({f"{name}/{k}": float(v.detach()) for k, v in sub.items()})
         terms["kl"] = self.recipe.train.kl_weight * kl_loss(out.mu, out.logvar)
         for name, value in terms.items():
             if not self._check(name, value):

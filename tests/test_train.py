@@ -1,0 +1,243 @@
+"""The training loop at tiny size: exact resume, NaN handling, checkpoints, run folders, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2i import recipe as recipe_mod
+from t2i.train import checkpoint as ckpt
+from t2i.train import run_dir as run_dirs
+from t2i.train.loop import GANTrainer, NonFiniteLossError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_overrides(data_root: Path) -> list[str]:
+    return [
+        f"data.dataset.root={str(data_root)!r}".replace("'", '"'),
+        "data.dataset.n=24",
+        "data.dataset.size=128",
+        "data.batch_size=4",
+        "model.base_size=64",
+        "model.stages=2",
+        "model.z_dim=4",
+        "model.cond_dim=4",
+        "model.text_dim=8",
+        "model.gf_dim=4",
+        "model.df_dim=2",
+        "model.text_encoder.word_dim=8",
+        "model.image_encoder.width=4",
+        'train.pretrained.text_encoder="random"',
+        'train.pretrained.image_encoder="random"',
+        "train.log_every=1",
+        "train.sample_every=1000",
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=5",
+        "train.ema.half_life_steps=2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shapes") / "shapes"
+
+
+def make(data_root: Path, extra: list[str] | None = None):
+    recipe = recipe_mod.load("dmgan_shapes", tiny_overrides(data_root) + list(extra or []))
+    dataset = recipe.data.dataset.build(split="train", image_sizes=recipe.stage_sizes())
+    return recipe, dataset
+
+
+def params_of(trainer: GANTrainer) -> dict[str, torch.Tensor]:
+    state = trainer.state()["models"]
+    flat = {f"G.{k}": v for k, v in state["generator"].items()}
+    flat.update({f"EMA.{k}": v for k, v in state["generator_ema"].items()})
+    for i, d in enumerate(state["discriminators"]):
+        flat.update({f"D{i}.{k}": v for k, v in d.items()})
+    return flat
+
+
+def test_resume_is_bit_exact(data_root, tmp_path):
+    recipe, dataset = make(data_root)
+    straight = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "a"), dataset, quiet=True)
+    straight.fit(steps=4)
+
+    first = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "b"), dataset, quiet=True)
+    first.fit(steps=2)
+    state = ckpt.load(first.run.checkpoints / "last.pt")
+    assert state["step"] == 2
+    resumed = GANTrainer(recipe, first.run, dataset, resume=state, quiet=True)
+    resumed.fit(steps=4)
+
+    a, b = params_of(straight), params_of(resumed)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resume is not exact: {different[:5]}"
+    # ... and training changed something
+    fresh = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "c"), dataset, quiet=True)
+    assert any(not torch.equal(a[k], v) for k, v in params_of(fresh).items() if k.startswith("G."))
+
+
+def test_run_folder_contents_and_no_reuse(data_root, tmp_path):
+    recipe, dataset = make(data_root, ["train.sample_every=2"])
+    run = run_dirs.create(recipe, tmp_path)
+    trainer = GANTrainer(recipe, run, dataset, quiet=True)
+    trainer.fit(steps=2)
+    names = {p.name for p in run.path.iterdir()}
+    assert {
+        "config.resolved.toml",
+        "overrides.txt",
+        "env.json",
+        "log.txt",
+        "metrics.jsonl",
+        "samples",
+        "checkpoints",
+        "recipe.toml",
+    } <= names
+    assert (run.samples / "step_00000002.png").is_file()
+    assert (run.samples / "attention_step_00000002.png").is_file()
+    rows = run.metrics_file.read_text().splitlines()
+    assert len(rows) == 2 and '"loss/damsm"' in rows[0] and '"images_per_s"' in rows[0]
+    with pytest.raises(run_dirs.RunDirError, match="not empty"):
+        run_dirs.create(recipe, tmp_path, run_dir=run.path)
+    state = ckpt.load(run.checkpoints / "last.pt")
+    assert set(state["models"]) >= {"generator", "generator_ema", "discriminators", "text_encoder", "image_encoder"}
+    assert state["vocab"]["words"] and state["recipe"]["model"]["refiner"]["name"] == "dm.v1"
+
+
+NAN_PLUGIN = textwrap.dedent("""
+    import torch
+    import t2i
+    from t2i.registry import Params
+
+    class NanParams(Params):
+        weight: float = 1.0
+        at_call: int = 3
+
+    @t2i.register("alignment_loss", "nan_at.v1", params=NanParams)
+    class NanAt(torch.nn.Module):
+        requires = ()
+        def __init__(self, params, *, networks):
+            super().__init__()
+            self.params, self.calls = params, 0
+        def forward(self, fake, text):
+            self.calls += 1
+            value = fake.mean() * 0 + (float("nan") if self.calls == self.params.at_call else 0.0)
+            return value, {}
+""")
+
+
+def test_nan_stops_with_term_and_step_and_keeps_last_good(data_root, tmp_path):
+    from t2i.registry import import_user_file
+
+    plugin = tmp_path / "nan_plugin.py"
+    plugin.write_text(NAN_PLUGIN)
+    import_user_file(plugin)
+    recipe, dataset = make(data_root, ["train.checkpoint_every=1", 'train.alignment=[{name="nan_at", at_call=3}]'])
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
+    with pytest.raises(NonFiniteLossError, match=r"loss term 'nan_at' is nan at step 3"):
+        trainer.fit(steps=5)
+    assert ckpt.load(trainer.run.checkpoints / "last.pt")["step"] == 2
+
+    recipe, dataset = make(data_root, ['train.alignment=[{name="nan_at", at_call=2}]', 'train.nan_policy="skip"'])
+    skipping = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs2"), dataset, quiet=True)
+    skipping.fit(steps=3)
+    assert "skipping this batch" in skipping.run.log_file.read_text()
+    assert all(torch.isfinite(p).all() for p in skipping.nets.generator.parameters())
+
+
+def test_corrupt_last_checkpoint_falls_back_to_periodic(data_root, tmp_path):
+    recipe, dataset = make(data_root)
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path), dataset, quiet=True)
+    trainer.fit(steps=3)
+    last = trainer.run.checkpoints / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as a crash mid-copy would leave a non-atomic write
+    with pytest.raises(ckpt.CheckpointError, match="not a readable checkpoint"):
+        ckpt.load(last)
+    state = ckpt.CheckpointKeeper(trainer.run.checkpoints).latest_good()
+    assert state["step"] == 2 and state["_path"].endswith("step_00000002.pt")
+
+
+def test_unsafe_checkpoint_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "obj": object.__new__(run_dirs.RunDir)}, path)
+    with pytest.raises(ckpt.CheckpointError, match="arbitrary unpickling"):
+        ckpt.load(path)
+
+
+def test_missing_pretrained_encoder_is_a_clear_error(data_root, tmp_path):
+    recipe, dataset = make(data_root, ['train.pretrained.text_encoder="nowhere/damsm.pt"'])
+    from t2i.train.networks import SetupError
+
+    with pytest.raises(SetupError, match="does not exist: run `t2i pretrain damsm"):
+        GANTrainer(recipe, run_dirs.create(recipe, tmp_path), dataset, quiet=True)
+
+
+def test_damsm_pretraining_loss_decreases(data_root, tmp_path):
+    from t2i.train.pretrain import DamsmPretrainer
+
+    recipe = recipe_mod.load(
+        "dmgan_shapes",
+        tiny_overrides(data_root)
+        + [
+            "pretrain.damsm.batch_size=8",
+            "pretrain.damsm.image_size=64",
+            "pretrain.damsm.epochs=6",
+            "pretrain.damsm.lr=0.01",
+        ],
+    )
+    dataset = recipe.data.dataset.build(split="train", image_sizes=[64])
+    trainer = DamsmPretrainer(recipe, run_dirs.create(recipe, tmp_path), dataset, quiet=True)
+    rows = []
+    trainer.fit()
+    import json
+
+    rows = [json.loads(line) for line in trainer.run.metrics_file.read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    state = ckpt.load(trainer.run.checkpoints / "last.pt")
+    assert state["kind"] == "damsm" and set(state["models"]) == {"text_encoder", "image_encoder"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "t2i", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_dry_run_and_errors(data_root, tmp_path):
+    sets = [x for o in tiny_overrides(data_root) for x in ("--set", o)]
+    result = run_cli("train", "dmgan_shapes", *sets, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "parameters" in result.stdout and "generator" in result.stdout and "stacked.v1 + dm.v1" in result.stdout
+    bad = run_cli("train", "dmgan_shapes", *sets, "--set", "model.refiner=gdlm")
+    assert bad.returncode == 1 and "unknown refiner 'gdlm'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_cli_train_then_sample_then_resume(data_root, tmp_path):
+    sets = [x for o in tiny_overrides(data_root) for x in ("--set", o)]
+    run = tmp_path / "run"
+    result = run_cli("train", "dmgan_shapes", *sets, "--run-dir", str(run), "--steps", "2", "-q")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "grid.png"
+    sampled = run_cli(
+        "sample",
+        str(run),
+        "a big red circle",
+        "a zorblax blue square",
+        "--n",
+        "2",
+        "-o",
+        str(out),
+        "--attention",
+        str(tmp_path / "maps.png"),
+    )
+    assert sampled.returncode == 0, sampled.stderr
+    assert "zorblax" in sampled.stderr and out.is_file() and (tmp_path / "maps.png").is_file()
+    again = run_cli("train", "--resume", str(run), "--steps", "3", "-q")
+    assert again.returncode == 0, again.stderr
+    assert ckpt.load(run / "checkpoints" / "last.pt")["step"] == 3
