@@ -227,7 +227,9 @@ class Registry:
 
     def names(self, pattern: str = "*") -> list[str]:
         self.discover()
-        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.rsplit(".v", 1)[0], pattern))
+        return sorted(
+            n for n in self._entries if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.rsplit(".v", 1)[0], pattern)
+        )
 
     def entries(self, pattern: str = "*") -> list[Entry]:
         return [self._entries[n] for n in self.names(pattern)]
@@ -270,7 +272,10 @@ def _same_object(a: Entry, b: Entry) -> bool:
 
 # -- the kinds -------------------------------------------------------------------
 _KIND_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "text_encoder": ("Caption encoders: token ids -> word features and a sentence embedding", ("t2i.encoders.text_rnn",)),
+    "text_encoder": (
+        "Caption encoders: token ids -> word features and a sentence embedding",
+        ("t2i.encoders.text_rnn",),
+    ),
     "image_encoder": ("Image encoders for alignment losses and metrics", ("t2i.encoders.damsm_image",)),
     "captioner": ("Image captioners for re-description losses (STREAM)", ("t2i.encoders.stream_captioner",)),
     "refiner": (
@@ -279,7 +284,10 @@ _KIND_SPECS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "generator": ("Multi-stage generators", ("t2i.models.generator",)),
     "discriminator": ("Per-scale discriminators", ("t2i.models.discriminator",)),
-    "alignment_loss": ("Text-image alignment loss terms added to the generator loss", ("t2i.losses.damsm", "t2i.losses.stream")),
+    "alignment_loss": (
+        "Text-image alignment loss terms added to the generator loss",
+        ("t2i.losses.damsm", "t2i.losses.stream"),
+    ),
     "adversarial_loss": ("Adversarial (GAN) loss formulations", ("t2i.losses.adversarial",)),
     "dataset": ("Text-image datasets", ("t2i.data.cub", "t2i.data.coco", "t2i.data.folder", "t2i.data.shapes")),
     "metric": ("Evaluation metrics, each a versioned protocol", ("t2i.metrics",)),

@@ -75,10 +75,12 @@ def test_broken_recipes_exit_1_with_message(tmp_path, name):
 
 def test_set_override_on_show(tmp_path):
     path = tmp_path / "r.toml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         [model]
         gf_dim = 3
-    """))
+    """)
+    )
     result = t2i("config", "show", str(path), "--set", "model.gf_dim=17", "-s", "model.refiner=attention")
     assert result.returncode == 0, result.stderr
     assert "gf_dim = 17" in result.stdout and 'name = "attention.v1"' in result.stdout

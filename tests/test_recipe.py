@@ -37,12 +37,15 @@ def test_defaults_validate_and_fill_params():
 
 def test_component_inline_table_and_string_shorthand(write):
     t2i.register("refiner", "memtest.v1", lambda p, **k: None, params=MemParams)
-    path = write("r.toml", """
+    path = write(
+        "r.toml",
+        """
         [model]
         refiner = { name = "memtest", memory_dim = 64 }
         [model.discriminator]
         name = "bn"
-    """)
+    """,
+    )
     recipe = recipe_mod.load(path)
     assert recipe.model.refiner.params.memory_dim == 64
     assert recipe.model.refiner.entry.name == "memtest.v1"
@@ -52,10 +55,13 @@ def test_component_inline_table_and_string_shorthand(write):
 
 def test_component_param_error_is_path_qualified(write):
     t2i.register("refiner", "memtest.v1", lambda p, **k: None, params=MemParams)
-    path = write("r.toml", """
+    path = write(
+        "r.toml",
+        """
         [model]
         refiner = { name = "memtest", memory_dim = "big" }
-    """)
+    """,
+    )
     with pytest.raises(RecipeError) as info:
         recipe_mod.load(path)
     assert "model.refiner(memtest.v1).memory_dim: Input should be a valid integer" in info.value.problems[0]
@@ -63,10 +69,13 @@ def test_component_param_error_is_path_qualified(write):
 
 def test_unknown_component_param_lists_allowed(write):
     t2i.register("refiner", "memtest.v1", lambda p, **k: None, params=MemParams)
-    path = write("r.toml", """
+    path = write(
+        "r.toml",
+        """
         [model]
         refiner = { name = "memtest", memory_dm = 3 }
-    """)
+    """,
+    )
     with pytest.raises(RecipeError) as info:
         recipe_mod.load(path)
     problem = info.value.problems[0]
@@ -75,12 +84,15 @@ def test_unknown_component_param_lists_allowed(write):
 
 
 def test_unknown_section_and_misspelt_key(write):
-    path = write("r.toml", """
+    path = write(
+        "r.toml",
+        """
         [modle]
         gf_dim = 3
         [train]
         lr_gg = 1.0
-    """)
+    """,
+    )
     with pytest.raises(RecipeError) as info:
         recipe_mod.load(path)
     text = "\n".join(info.value.problems)
@@ -89,19 +101,25 @@ def test_unknown_section_and_misspelt_key(write):
 
 
 def test_wrong_type_fixed_section(write):
-    path = write("r.toml", """
+    path = write(
+        "r.toml",
+        """
         [model]
         gf_dim = "wide"
-    """)
+    """,
+    )
     with pytest.raises(RecipeError, match="model.gf_dim: Input should be a valid integer"):
         recipe_mod.load(path)
 
 
 def test_unknown_component_near_miss(write):
-    path = write("r.toml", """
+    path = write(
+        "r.toml",
+        """
         [model]
         refiner = "gdlm"
-    """)
+    """,
+    )
     with pytest.raises(RecipeError) as info:
         recipe_mod.load(path)
     problem = info.value.problems[0]
@@ -111,12 +129,16 @@ def test_unknown_component_near_miss(write):
 
 def test_overrides_parse_toml_values_and_replace_components(write):
     t2i.register("refiner", "memtest.v1", lambda p, **k: None, params=MemParams)
-    path = write("r.toml", """
+    path = write(
+        "r.toml",
+        """
         [model]
         refiner = { name = "memtest", memory_dim = 64 }
-    """)
-    recipe = recipe_mod.load(path, ["model.gf_dim=12", "train.betas=[0.0, 0.99]", "model.refiner.memory_dim=7",
-                                    "description=hello world"])
+    """,
+    )
+    recipe = recipe_mod.load(
+        path, ["model.gf_dim=12", "train.betas=[0.0, 0.99]", "model.refiner.memory_dim=7", "description=hello world"]
+    )
     assert recipe.model.gf_dim == 12
     assert recipe.train.betas == (0.0, 0.99)
     assert recipe.model.refiner.params.memory_dim == 7
@@ -136,28 +158,37 @@ def test_bad_override_syntax(write):
 
 def test_extends_merges_and_child_wins(write):
     t2i.register("refiner", "memtest.v1", lambda p, **k: None, params=MemParams)
-    write("base.toml", """
+    write(
+        "base.toml",
+        """
         description = "base"
         [model]
         gf_dim = 5
         refiner = { name = "memtest", memory_dim = 64, mask = "legacy" }
-    """)
-    child = write("child.toml", """
+    """,
+    )
+    child = write(
+        "child.toml",
+        """
         extends = "base.toml"
         [model]
         df_dim = 9
         refiner = { name = "memtest", memory_dim = 32 }
-    """)
+    """,
+    )
     recipe = recipe_mod.load(child)
     assert (recipe.model.gf_dim, recipe.model.df_dim) == (5, 9)
     assert recipe.model.refiner.params.memory_dim == 32 and recipe.model.refiner.params.mask == "legacy"
     assert recipe.description == "base" and recipe.name == "child"
     # a component whose name changes is replaced whole, so old params do not leak into the new one
-    other = write("other.toml", """
+    other = write(
+        "other.toml",
+        """
         extends = "base.toml"
         [model]
         refiner = { name = "dm" }
-    """)
+    """,
+    )
     assert recipe_mod.load(other).model.refiner.entry.name.startswith("dm.v")
 
 
@@ -178,7 +209,8 @@ def test_missing_recipe_and_bad_toml(write, tmp_path):
 
 def test_plugins_imports_registers_before_validation(write, tmp_path, monkeypatch):
     pkg = tmp_path / "myplug_recipe_mod.py"
-    pkg.write_text(textwrap.dedent("""
+    pkg.write_text(
+        textwrap.dedent("""
         import t2i
         from t2i.registry import Params
 
@@ -188,19 +220,26 @@ def test_plugins_imports_registers_before_validation(write, tmp_path, monkeypatc
         @t2i.register("refiner", "plugref.v1", params=P)
         def build(params, **runtime):
             return params
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = write("r.toml", """
+    path = write(
+        "r.toml",
+        """
         [plugins]
         imports = ["myplug_recipe_mod"]
         [model]
         refiner = { name = "plugref", depth = 4 }
-    """)
+    """,
+    )
     assert recipe_mod.load(path).model.refiner.params.depth == 4
-    broken = write("broken.toml", """
+    broken = write(
+        "broken.toml",
+        """
         [plugins]
         imports = ["no_such_module_xyz"]
-    """)
+    """,
+    )
     with pytest.raises(RecipeError, match="plugin module 'no_such_module_xyz' failed to import"):
         recipe_mod.load(broken)
 
@@ -213,12 +252,19 @@ def test_toml_round_trip_of_resolved_recipe(write):
 
 
 def test_alignment_list_components_validate(write):
-    t2i.register("alignment_loss", "toyalign.v1", lambda p, **k: None,
-                 params=type("AP", (Params,), {"__annotations__": {"weight": float}, "weight": Field(1.0)}))
-    path = write("r.toml", """
+    t2i.register(
+        "alignment_loss",
+        "toyalign.v1",
+        lambda p, **k: None,
+        params=type("AP", (Params,), {"__annotations__": {"weight": float}, "weight": Field(1.0)}),
+    )
+    path = write(
+        "r.toml",
+        """
         [train]
         alignment = [{ name = "toyalign", weight = 3.0 }, { name = "toyalign", weight = "x" }]
-    """)
+    """,
+    )
     with pytest.raises(RecipeError, match=r"train.alignment\[1\]\(toyalign.v1\).weight"):
         recipe_mod.load(path)
 

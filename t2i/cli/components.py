@@ -49,7 +49,9 @@ def register(app: typer.Typer) -> None:
                 if verbose:
                     params = []
                     for name, info in entry.params.model_fields.items():
-                        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+                        default = (
+                            "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+                        )
                         params.append(f"{name}: {_type_name(info.annotation)} = {default}")
                     row += ["\n".join(params) or "-", entry.defined_at]
                 table.add_row(*row)
