@@ -1,0 +1,171 @@
+"""DAMSM image encoders (AttnGAN, Xu et al. 2018, §3.3; models.md §4, §12 Q9/Q11).
+
+``damsm_inception.v1`` is the originals' CNN_ENCODER: torchvision's Inception-v3 trunk, frozen,
+cut where the original cuts it —
+
+    resize to 299 (bilinear) -> Conv2d_1a .. Conv2d_4a, Mixed_5b .. Mixed_6e -> (B, 768, 17, 17)
+        -> emb_features  = conv1x1(768 -> e, no bias)           -> regions (B, e, 17, 17)
+    Mixed_7a .. Mixed_7c -> avg pool 8×8 -> (B, 2048)
+        -> emb_cnn_code = Linear(2048 -> e)                      -> global code (B, e)
+
+The [-1, 1] image goes in without ImageNet re-normalisation (the Google weights expect [-1, 1]).
+``align_corners`` of the resize is a parameter (Q9: True in DM-GAN/DMM-GAN, False in modern
+PyTorch reading of AttnGAN/MirrorGAN). Layer names equal the original's, so an original
+``image_encoder*.pth`` loads unchanged.
+
+``cnn_small.v1`` is a small, fully trainable CNN with the same output contract for the 32-128 px
+synthetic data set (no ImageNet weights needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from t2i.registry import Params, register
+
+__all__ = ["DamsmInceptionEncoder", "DamsmInceptionParams", "SmallCnnEncoder", "SmallCnnParams"]
+
+INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
+INCEPTION_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
+TRUNK_LAYERS = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+)
+
+
+class DamsmInceptionParams(Params):
+    weights: str | None = Field(
+        None,
+        description=f"Local torchvision Inception-v3 ImageNet file ({INCEPTION_FILE}, or the older "
+        "inception_v3_google-1a9a5a14.pth); None = randomly initialised trunk (tests only).",
+    )
+    align_corners: bool = Field(True, description="align_corners of the bilinear resize to 299 (Q9; recipes pick).")
+
+
+def _load_inception(weights: str | None) -> nn.Module:
+    from torchvision.models import inception_v3
+
+    if weights is None:
+        return inception_v3(weights=None, aux_logits=False, init_weights=False)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"DAMSM image encoder: ImageNet Inception-v3 weights not found at {path}. t2i never downloads: fetch "
+            f"torchvision's {INCEPTION_FILE} from {INCEPTION_URL} yourself and put it at that path (or set the "
+            "image encoder's `weights` param to where it is)."
+        )
+    model = inception_v3(weights=None, aux_logits=False, init_weights=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, _ = model.load_state_dict(state, strict=False)  # AuxLogits.* / fc.* are not used
+    missing = [k for k in missing if k.split(".")[0] in TRUNK_LAYERS]
+    if missing:
+        raise KeyError(f"{path} is not an Inception-v3 state dict: missing {missing[:5]} ...")
+    return model
+
+
+class DamsmInceptionEncoder(nn.Module):
+    """CNN_ENCODER(e): images [-1, 1] -> regions (B, e, 17, 17), global code (B, e)."""
+
+    def __init__(self, params: DamsmInceptionParams, *, text_dim: int):
+        super().__init__()
+        self.params = params
+        inception = _load_inception(params.weights)
+        for name in TRUNK_LAYERS:
+            self.add_module(name, getattr(inception, name))
+            getattr(self, name).requires_grad_(False)  # frozen from construction, as the original
+        self.pretrained = params.weights is not None
+        self.emb_features = nn.Conv2d(768, text_dim, kernel_size=1, bias=False)
+        self.emb_cnn_code = nn.Linear(2048, text_dim)
+        nn.init.uniform_(self.emb_features.weight, -0.1, 0.1)
+        nn.init.uniform_(self.emb_cnn_code.weight, -0.1, 0.1)
+
+    def trunk(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 3, H, W) [-1, 1] -> Mixed_6e map (B, 768, 17, 17), pooled Mixed_7c (B, 2048)."""
+        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=self.params.align_corners)
+        x = self.Conv2d_1a_3x3(x)
+        x = self.Conv2d_2a_3x3(x)
+        x = self.Conv2d_2b_3x3(x)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        x = self.Conv2d_3b_1x1(x)
+        x = self.Conv2d_4a_3x3(x)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+            x = getattr(self, name)(x)
+        mixed_6e = x  # (B, 768, 17, 17)
+        for name in ("Mixed_7a", "Mixed_7b", "Mixed_7c"):
+            x = getattr(self, name)(x)
+        pooled = F.avg_pool2d(x, kernel_size=8).flatten(1)  # (B, 2048)
+        return mixed_6e, pooled
+
+    def project(self, mixed_6e: Tensor, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """The two trainable heads: (B, 768, 17, 17), (B, 2048) -> regions (B, e, 17, 17), global (B, e)."""
+        return self.emb_features(mixed_6e), self.emb_cnn_code(pooled)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.project(*self.trunk(images))
+
+
+class SmallCnnParams(Params):
+    width: int = Field(32, description="Base channel width of the trunk.")
+    regions: int = Field(8, description="Side R of the R×R region grid.")
+
+
+def _down(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False), nn.BatchNorm2d(out_ch), nn.LeakyReLU(0.2))
+
+
+class SmallCnnEncoder(nn.Module):
+    """``cnn_small.v1``: trainable conv trunk, same contract as CNN_ENCODER, for small synthetic images.
+
+    Local features come from a mid-level map pooled to R×R (like Mixed_6e), the global code from a
+    deeper, globally pooled map (like Mixed_7c).
+    """
+
+    def __init__(self, params: SmallCnnParams, *, text_dim: int):
+        super().__init__()
+        self.params = params
+        w = params.width
+        self.local_trunk = nn.Sequential(_down(3, w), _down(w, 2 * w), _down(2 * w, 4 * w))
+        self.global_trunk = nn.Sequential(_down(4 * w, 8 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.emb_features = nn.Conv2d(4 * w, text_dim, kernel_size=1, bias=False)
+        self.emb_cnn_code = nn.Linear(8 * w, text_dim)
+        self.pretrained = False
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:  # (B, 3, S, S) -> (B, e, R, R), (B, e)
+        local = F.adaptive_avg_pool2d(self.local_trunk(images), self.params.regions)  # (B, 4w, R, R)
+        return self.emb_features(local), self.emb_cnn_code(self.global_trunk(local))
+
+
+register(
+    "image_encoder",
+    "damsm_inception.v1",
+    DamsmInceptionEncoder,
+    params=DamsmInceptionParams,
+    description="DAMSM CNN_ENCODER: frozen Inception-v3 trunk + region (768->e) and global (2048->e) heads",
+)
+register(
+    "image_encoder",
+    "cnn_small.v1",
+    SmallCnnEncoder,
+    params=SmallCnnParams,
+    description="Small trainable CNN with the DAMSM encoder's outputs (regions R×R, global code), for synthetic data",
+)
