@@ -1,0 +1,161 @@
+"""Input-pipeline throughput: t2i (cached, pre-resized images) vs the originals' per-step JPEG pipeline.
+
+Setting of issue 5 item 7: 500x375 JPEGs, bird pipeline (bbox crop, resize shorter side to 304, random 256 crop,
+flip, 64/128/256 pyramid, [-1, 1]), batch 10, DataLoader with 0 and 2 workers. The "original" pipeline below is
+re-written from training.md §1.5 with torchvision transforms (decode + resize every image on every step).
+Also: shapes generation rate at 64 px.
+
+    .venv/bin/python benchmarks/data_pipeline.py [--images 300] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from t2i.data.transforms import bbox_crop_box
+
+
+def make_jpegs(root: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    images = root / "CUB_200_2011" / "images" / "001.Bench"
+    images.mkdir(parents=True)
+    (root / "text" / "001.Bench").mkdir(parents=True)
+    yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
+    keys, boxes = [], []
+    for i in range(n):
+        # smooth photo-like content plus noise, so JPEG decode cost is realistic
+        a, b, c = rng.uniform(0.005, 0.05, size=3)
+        base = np.stack([np.sin(a * xx + i), np.cos(b * yy), np.sin(c * (xx + yy))], axis=-1) * 90 + 128
+        image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        key = f"001.Bench/img_{i:05d}"
+        Image.fromarray(image).save(root / "CUB_200_2011" / "images" / f"{key}.jpg", quality=90)
+        (root / "text" / f"{key}.txt").write_text("a bird with red wings and a short beak\n" * 10)
+        keys.append(key)
+        w, h = rng.uniform(120, 300), rng.uniform(100, 250)
+        boxes.append((rng.uniform(0, 500 - w), rng.uniform(0, 375 - h), w, h))
+    (root / "CUB_200_2011" / "images.txt").write_text("".join(f"{i + 1} {k}.jpg\n" for i, k in enumerate(keys)))
+    (root / "CUB_200_2011" / "bounding_boxes.txt").write_text(
+        "".join(f"{i + 1} {x:.1f} {y:.1f} {w:.1f} {h:.1f}\n" for i, (x, y, w, h) in enumerate(boxes))
+    )
+    (root / "train").mkdir()
+    (root / "train" / "filenames.pickle").write_bytes(pickle.dumps(keys, protocol=2))
+
+
+class OriginalPipeline(torch.utils.data.Dataset):
+    """Per step: decode JPEG, bbox crop, Resize(304), RandomCrop(256), flip, pyramid, normalise (§1.5)."""
+
+    def __init__(self, root: Path, dataset) -> None:
+        from torchvision import transforms
+
+        self.files = dataset.files
+        self.bboxes = dataset._bboxes
+        self.captions = [c[0] for c in dataset._captions]
+        self.transform = transforms.Compose(
+            [transforms.Resize(int(256 * 76 / 64)), transforms.RandomCrop(256), transforms.RandomHorizontalFlip()]
+        )
+        self.norm = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+        self.scales = [transforms.Resize(64), transforms.Resize(128)]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        image = Image.open(self.files[i]).convert("RGB")
+        image = image.crop(bbox_crop_box(self.bboxes[i], *image.size))
+        image = self.transform(image)
+        pyramid = [self.norm(scale(image)) for scale in self.scales] + [self.norm(image)]
+        caption = np.zeros(18, dtype=np.int64)
+        caption[: len(self.captions[i])] = self.captions[i][:18]
+        return pyramid, torch.from_numpy(caption), len(self.captions[i]), 0, str(i)
+
+
+def original_collate(items):
+    batch = torch.utils.data.default_collate(items)
+    order = torch.argsort(batch[2], descending=True)
+    return [im[order] for im in batch[0]], batch[1][order], batch[2][order]
+
+
+def throughput(dataset, collate, workers: int, epochs: int) -> float:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=10, shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate,
+        persistent_workers=workers > 0,
+    )  # fmt: skip
+    next(iter(loader))  # start workers
+    count, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            count += len(batch[1]) if isinstance(batch, list) else len(batch)
+    return count / (time.perf_counter() - start)
+
+
+def shapes_rate(n: int) -> tuple[float, float, float]:
+    import io
+
+    from t2i.data.shapes import make_shapes, render_image
+
+    start = time.perf_counter()
+    for i in range(n):
+        image, _ = render_image(0, i, 64)
+        Image.fromarray(image).save(io.BytesIO(), format="png", compress_level=1)
+    one = n / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        make_shapes(Path(tmp) / "s", n=n, seed=0, size=64, workers=2)
+        disk = n / (time.perf_counter() - start)
+    return one, 2 * one, disk
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--shapes", type=int, default=4000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from t2i.registry import get_registry
+
+    tmp = Path(tempfile.mkdtemp(prefix="t2i-bench-data-"))
+    try:
+        make_jpegs(tmp, args.images)
+        params = {"root": str(tmp), "captions_per_image": 10}
+        reg = get_registry("dataset")
+        plain = reg.build("cub", {**params, "cache": False}, split="train", image_sizes=[64, 128, 256])
+        start = time.perf_counter()
+        cached = reg.build("cub", params, split="train", image_sizes=[64, 128, 256])
+        build = time.perf_counter() - start
+        cache_bytes = cached._cache.nbytes
+        original = OriginalPipeline(tmp, plain)
+        rows = []
+        for workers in (0, 2):
+            o = throughput(original, original_collate, workers, args.epochs)
+            t = throughput(cached, cached.collate, workers, args.epochs)
+            rows.append((workers, o, t))
+        print(f"{args.images} JPEGs 500x375, bird pipeline, pyramid 64/128/256, batch 10, {os.cpu_count()} CPUs")
+        print(f"{'workers':>8} {'original img/s':>15} {'t2i cached img/s':>17} {'speed-up':>9}")
+        for workers, o, t in rows:
+            print(f"{workers:>8} {o:>15.0f} {t:>17.0f} {t / o:>8.1f}x")
+        print(
+            f"cache: built once in {build:.1f} s ({args.images / build:.0f} img/s), "
+            f"{cache_bytes / 1e6:.1f} MB on disk ({cache_bytes / args.images / 1e3:.0f} kB per image)"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    one, two, disk = shapes_rate(args.shapes)
+    print(
+        f"shapes 64 px: {one:,.0f} img/s per process (draw + PNG encode, in memory), ~{two:,.0f} on 2 cores; "
+        f"{disk:,.0f} img/s make_shapes to disk with 2 workers"
+    )
+
+
+if __name__ == "__main__":
+    main()
