@@ -121,9 +121,7 @@ def build_networks(recipe: Recipe, vocab, *, device: torch.device, pretrain_hint
 
     generator = build_generator(recipe)
     discriminators = build_discriminators(recipe)
-    init_weights(generator)
-    for d in discriminators:
-        init_weights(d)
+    init_weights(generator)  # the discriminators initialise themselves (spectral-norm aware)
 
     frozen: dict[str, nn.Module] = {}
     alignment, names = [], []
