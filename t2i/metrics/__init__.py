@@ -1,1 +1,9 @@
-"""metrics"""
+"""Evaluation metrics, each a registered, versioned protocol (issue 7; metrics.md §2).
+
+The registry imports this package for the ``metric`` kind; importing the modules registers them.
+"""
+
+from t2i.metrics import caption_consistency, fid, inception_score, r_precision  # noqa: F401  (registrations)
+from t2i.metrics.base import EvalContext, Metric, MetricError, MetricResult
+
+__all__ = ["EvalContext", "Metric", "MetricError", "MetricResult"]
