@@ -142,10 +142,12 @@ def _map(func, jobs, workers: int):
     if workers <= 1 or len(jobs) < 64:
         yield from map(func, jobs)
         return
-    import multiprocessing
+    # Threads, not processes: PIL decodes and resizes without the GIL, and forking a process that has
+    # started torch's thread pools can deadlock.
+    from concurrent.futures import ThreadPoolExecutor
 
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield from pool.imap(func, jobs, chunksize=16)
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(func, jobs)
 
 
 def _progress(quiet: bool):

@@ -297,7 +297,9 @@ def make_shapes(out: str | Path, n: int = 2000, seed: int = 0, size: int = 64, w
         if workers > 1 and len(jobs) > 1:
             import multiprocessing
 
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            # forkserver: workers start from a clean process, so a caller that already runs torch's
+            # thread pools cannot deadlock them (plain fork can).
+            with multiprocessing.get_context("forkserver").Pool(workers) as pool:
                 parts = pool.map(_render_chunk, jobs)
         else:
             parts = [_render_chunk(job) for job in jobs]
