@@ -22,9 +22,9 @@ def tiny_overrides(data_root: Path) -> list[str]:
     return [
         f"data.dataset.root={str(data_root)!r}".replace("'", '"'),
         "data.dataset.n=24",
-        "data.dataset.size=128",
+        "data.dataset.size=64",
         "data.batch_size=4",
-        "model.base_size=64",
+        "model.base_size=32",
         "model.stages=2",
         "model.z_dim=4",
         "model.cond_dim=4",

@@ -52,11 +52,19 @@ def _conv_block(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int,
     return nn.Sequential(*layers)
 
 
-def _encode_image_by_16(d: int, spectral: bool) -> nn.Sequential:
-    """img_code_s16: (B, 3, S, S) -> (B, 8d, S/16, S/16); the first conv never has BatchNorm."""
-    layers: list[nn.Module] = [_conv(3, d, 4, 2, 1, spectral), nn.LeakyReLU(0.2)]
-    for in_ch, out_ch in ((d, 2 * d), (2 * d, 4 * d), (4 * d, 8 * d)):
-        layers.extend(_conv_block(in_ch, out_ch, 4, 2, 1, spectral))
+def _encode_image_by_16(d: int, spectral: bool, keep: int = 0) -> nn.Sequential:
+    """img_code_s16: (B, 3, S, S) -> (B, 8d, S/16, S/16); the first conv never has BatchNorm.
+
+    ``keep`` > 0 (images below 64 px, a t2i extension for small CPU recipes) turns the first ``keep`` of the four
+    4×4/2 convs into 3×3/1 convs with the same channels, so S = 64 / 2**keep still ends at 4×4.
+    """
+
+    def spec(i: int) -> tuple[int, int, int]:  # kernel, stride, padding
+        return (3, 1, 1) if i < keep else (4, 2, 1)
+
+    layers: list[nn.Module] = [_conv(3, d, *spec(0), spectral), nn.LeakyReLU(0.2)]
+    for i, (in_ch, out_ch) in enumerate(((d, 2 * d), (2 * d, 4 * d), (4 * d, 8 * d)), start=1):
+        layers.extend(_conv_block(in_ch, out_ch, *spec(i), spectral))
     return nn.Sequential(*layers)
 
 
@@ -87,18 +95,19 @@ class _UncondHead(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D for ``size`` = 64·2^k images; ``forward`` gives the (B, 8d, 4, 4) code, heads give probabilities."""
+    """D for ``size`` = 64·2^k images (k ≥ -2); ``forward`` gives the (B, 8d, 4, 4) code, heads give probabilities."""
 
     def __init__(self, *, df_dim: int, text_dim: int, size: int, spectral: bool, unconditional: bool = True):
         super().__init__()
-        k = math.log2(size / 64) if size >= 64 else -1.0
-        if k < 0 or k != int(k):
-            raise ValueError(f"discriminator size must be 64·2^k (64, 128, 256, ...), got {size}")
+        k = math.log2(size / 64) if size > 0 else -99.0
+        if k < -2 or k != int(k):
+            raise ValueError(f"discriminator size must be 64·2^k (16, 32, 64, 128, 256, ...), got {size}")
         k = int(k)
+        keep, k = max(0, -k), max(0, k)
         d = df_dim
         self.size = size
         self.spectral = spectral
-        self.img_code_s16 = _encode_image_by_16(d, spectral)
+        self.img_code_s16 = _encode_image_by_16(d, spectral, keep)
         self._trunk: list[str] = ["img_code_s16"]
         channels = 8 * d
         for j in range(1, k + 1):  # downBlocks: s32, s64, ...
