@@ -16,9 +16,9 @@ def register(app: typer.Typer) -> None:
 def load_generator(checkpoint: Path, *, ema: bool = True):
     """(recipe, generator, text_encoder, vocab) from a t2i GAN checkpoint or run folder."""
     from t2i import recipe as recipe_mod
+    from t2i.build import build_generator, build_text_encoder
     from t2i.data.vocab import Vocabulary
     from t2i.train import checkpoint as ckpt
-    from t2i.train.networks import build_generator, build_text_encoder
 
     state = ckpt.load(checkpoint)
     if state.get("kind") != "gan" or "generator_ema" not in state.get("models", {}):

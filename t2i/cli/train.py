@@ -59,7 +59,8 @@ def train(
 ) -> None:
     """Train a GAN from a recipe: D update per stage, G update, EMA; writes a run folder.
 
-    Example: [bold]t2i train dmgan_shapes --set train.steps=200[/]   (resume: [bold]t2i train --resume runs/dmgan_shapes/<run>[/])
+    Example: [bold]t2i train dmgan_shapes --set train.steps=200[/]
+    (resume: [bold]t2i train --resume runs/dmgan_shapes/<run>[/])
     """
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(nproc)
@@ -147,7 +148,7 @@ def _launch_torchrun(nproc: int) -> None:
 def _print_dry_run(recipe, dataset) -> None:
     from rich.table import Table
 
-    from t2i.train.networks import build_discriminators, build_generator, build_text_encoder
+    from t2i.build import build_discriminators, build_generator, build_text_encoder
 
     console.print(recipe.to_toml(), highlight=False, markup=False)
     table = Table(title="networks", title_justify="left")
@@ -207,9 +208,11 @@ def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, 
         last = Path(export)
     console.print(
         f"run folder: {run.path}\ncheckpoint: {last}\n"
-        f"use it in a training recipe: --set train.pretrained.{'text_encoder' if kind == 'damsm' else 'captioner'}={last}"
+        f"use it in a training recipe: --set train.pretrained.{_PRETRAINED_KEY[kind]}={last}"
     )
 
+
+_PRETRAINED_KEY = {"damsm": "text_encoder", "stream": "captioner"}
 
 _PRETRAIN_OPTIONS = dict(
     resume=typer.Option(None, "--resume", help="Continue this pretraining run folder."),

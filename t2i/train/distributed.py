@@ -1,18 +1,30 @@
-"""Multi-process training with torchrun (DistributedDataParallel on the gloo backend for CPUs).
+"""Multi-process training with torchrun (DistributedDataParallel on the gloo backend for CPUs; issue 6 item 8).
 
-One DDP wrapper per network; discriminators keep ``broadcast_buffers=False`` so each rank's BatchNorm statistics stay
-its own (as DDP training of BatchNorm GANs usually does). Rank ``r`` takes every ``world``-th item of each global
-batch (t2i.train.data.ResumableBatches), seeds with ``seed + r``, and only rank 0 logs and writes checkpoints.
+One DDP wrapper per network. Rank ``r`` takes every ``world``-th item of each global batch
+(t2i.train.data.ResumableBatches), seeds with ``seed + r``, and only rank 0 logs and writes checkpoints.
+
+Discriminators. The adversarial losses call ``D(images)`` for the (B, 8d, 4, 4) code, then ``D.cond_logits`` and
+``D.uncond_logits`` on it, several times before one backward. A DDP wrapper only sees calls of its ``forward``, so
+:class:`DDPDiscriminator` routes all three entry points through ``forward(entry, *args)`` of one DDP module
+(:class:`_Entries`): DDP prepares its reducer at each call and every parameter's gradient hook fires once in the
+single backward that follows (the autograd engine sums the uses of a parameter before its hook runs), so the
+gradients are all-reduced as one bucketed average. Calls happen in the originals' order, so spectral-norm u/v and
+BatchNorm statistics evolve as in one process. Buffers are synced once, when the wrappers are built, and never at a
+forward (``broadcast_buffers=False``, now ``forward_sync_buffers=False``): each rank keeps the BatchNorm running
+statistics of its own B/world items (in the generator and in ``bn.v1`` discriminators); parameters,
+including the spectral-norm u/v vectors (no-gradient Parameters updated identically from identical weights), stay
+equal on every rank.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -46,10 +58,75 @@ def broadcast_text(value: str | None, info: DistInfo) -> str:
     return box[0]
 
 
-def wrap_ddp(generator: nn.Module, discriminators: nn.ModuleList) -> tuple[nn.Module, list[nn.Module]]:
-    g = DistributedDataParallel(generator, broadcast_buffers=False)
-    ds = [DistributedDataParallel(d, broadcast_buffers=False) for d in discriminators]
+class _Entries(nn.Module):
+    """A discriminator whose ``forward`` dispatches to its trunk or one of its heads (what DDP wraps)."""
+
+    def __init__(self, discriminator: nn.Module):
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, entry: str, *args: Tensor) -> Tensor:
+        d = self.discriminator
+        if entry == "features":
+            return d(*args)  # (B, 3, S, S) -> (B, 8d, 4, 4)
+        if entry == "cond":
+            return d.cond_logits(*args)  # (B, 8d, 4, 4), (B, e) -> (B,)
+        if entry == "uncond":
+            return d.uncond_logits(*args)  # (B, 8d, 4, 4) -> (B,)
+        raise ValueError(f"unknown discriminator entry {entry!r}")
+
+
+class DDPDiscriminator:
+    """The discriminator interface the adversarial losses use, with every call going through one DDP module.
+
+    ``module`` is the plain discriminator (the loop's G step calls it directly: D's weights get no gradient there,
+    so nothing needs reducing).
+    """
+
+    def __init__(self, discriminator: nn.Module, **ddp_options):
+        self.module = discriminator
+        self.ddp = DistributedDataParallel(_Entries(discriminator), **ddp_options)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.ddp("features", images)
+
+    def cond_logits(self, features: Tensor, sentence: Tensor) -> Tensor:
+        return self.ddp("cond", features, sentence)
+
+    def uncond_logits(self, features: Tensor) -> Tensor:
+        return self.ddp("uncond", features)
+
+    @property
+    def has_unconditional(self) -> bool:
+        return self.module.has_unconditional
+
+    def train(self, mode: bool = True) -> DDPDiscriminator:
+        self.module.train(mode)
+        return self
+
+
+def _rank_local_buffers() -> dict[str, bool]:
+    """DDP options that keep buffers rank-local after the initial sync (the option's name changed in torch 2.x)."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}  # still syncs once at construction: every rank starts equal
+    return {"broadcast_buffers": False}
+
+
+def wrap_ddp(generator: nn.Module, discriminators: nn.ModuleList) -> tuple[nn.Module, list[DDPDiscriminator]]:
+    """One DDP wrapper per network; the wrappers share parameters (and so state dicts) with the plain modules."""
+    options = _rank_local_buffers()
+    g = DistributedDataParallel(generator, **options)
+    ds = [DDPDiscriminator(d, **options) for d in discriminators]
     return g, ds
+
+
+def all_finite(value: Tensor, world: int) -> bool:
+    """True when ``value`` is finite on EVERY rank, so all ranks skip or stop together (a lone rank skipping a
+    backward would leave the others waiting in the gradient all-reduce forever)."""
+    ok = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if world > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
 
 
 def barrier(info: DistInfo) -> None:

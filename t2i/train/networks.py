@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2i.build import build_captioner, build_discriminators, build_generator, build_image_encoder, build_text_encoder
 from t2i.recipe import Recipe
 from t2i.train import checkpoint as ckpt
 
@@ -36,41 +37,12 @@ class Networks:
     adversarial: Any = None
 
 
-def build_text_encoder(recipe: Recipe, vocab_size: int) -> nn.Module:
-    return recipe.model.text_encoder.build(vocab_size=vocab_size, text_dim=recipe.model.text_dim)
-
-
-def build_generator(recipe: Recipe) -> nn.Module:
-    m = recipe.model
-
-    def refiner(stage_index: int, size: int) -> nn.Module:
-        return m.refiner.build(image_dim=m.gf_dim, word_dim=m.text_dim, cond_dim=m.cond_dim, size=size)
-
-    return m.generator.build(
-        z_dim=m.z_dim,
-        cond_dim=m.cond_dim,
-        text_dim=m.text_dim,
-        gf_dim=m.gf_dim,
-        stages=m.stages,
-        base_size=m.base_size,
-        refiner=refiner,
-    )
-
-
-def build_discriminators(recipe: Recipe) -> nn.ModuleList:
-    m = recipe.model
-    return nn.ModuleList(
-        m.discriminator.build(df_dim=m.df_dim, text_dim=m.text_dim, size=size) for size in recipe.stage_sizes()
-    )
-
-
 def build_role(recipe: Recipe, role: str, vocab_size: int) -> nn.Module:
     """Build the frozen network that plays ``role`` ("image_encoder" or "captioner") from the recipe."""
-    spec = getattr(recipe.model, role, None)
-    if spec is None:
+    module = build_image_encoder(recipe) if role == "image_encoder" else build_captioner(recipe, vocab_size)
+    if module is None:
         raise SetupError(f"an alignment term needs model.{role}, but the recipe does not set it")
-    runtime = {"text_dim": recipe.model.text_dim} if role == "image_encoder" else {"vocab_size": vocab_size}
-    return spec.build(**runtime)
+    return module
 
 
 def load_pretrained(module: nn.Module, path: str | None, key: str, vocab, *, what: str, hint: str) -> None:
@@ -120,7 +92,7 @@ def build_networks(recipe: Recipe, vocab, *, device: torch.device, pretrain_hint
     )
 
     generator = build_generator(recipe)
-    discriminators = build_discriminators(recipe)
+    discriminators = nn.ModuleList(build_discriminators(recipe))
     init_weights(generator)  # the discriminators initialise themselves (spectral-norm aware)
 
     frozen: dict[str, nn.Module] = {}
