@@ -86,3 +86,38 @@ def test_set_override_on_show(tmp_path):
     assert "gf_dim = 17" in result.stdout and 'name = "attention.v1"' in result.stdout
     bad = t2i("config", "show", str(path), "--set", "model.nope=1")
     assert bad.returncode == 1 and "model.nope: unknown key 'nope'" in bad.stderr
+
+
+def _all_commands():
+    import typer.main
+
+    from t2i.cli import app
+
+    group = typer.main.get_command(app)
+    paths = []
+
+    def walk(command, prefix):
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for name, sub in subcommands.items():
+                walk(sub, [*prefix, name])
+        else:
+            paths.append(prefix)
+
+    walk(group, [])
+    return paths
+
+
+def test_every_command_help_shows_an_example():
+    from typer.testing import CliRunner
+
+    from t2i.cli import app
+
+    runner = CliRunner()
+    missing = []
+    for path in _all_commands():
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        if "Example" not in result.output:
+            missing.append(" ".join(path))
+    assert not missing, f"--help without an example: {missing}"
