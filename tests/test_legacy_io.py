@@ -190,3 +190,113 @@ def test_cli_import_reports_mismatch_and_unknown_files(tmp_path: Path) -> None:
     torch.save({"x": argparse.Namespace()}, tmp_path / "netG_bad.pth")
     result, text = _invoke("import", "dmgan_bird", *sets, tmp_path / "netG_bad.pth", "-o", tmp_path / "x.pt")
     assert result.exit_code == 1 and "arbitrary code" in text
+
+
+# -- every part at once: generator, discriminators, text encoder, image encoder, captioner ---------------------
+FULL_SETS = [
+    "model.gf_dim=3",
+    "model.df_dim=2",
+    "model.text_dim=8",
+    "model.cond_dim=5",
+    "model.z_dim=6",
+    "model.stages=2",
+    "model.text_encoder.word_dim=8",
+    'model.image_encoder={name="cnn_small", width=4}',
+    'model.captioner={name="stream", backbone="small", small_width=4, embed_size=8, hidden_size=8}',
+]
+VOCAB = 11
+
+
+def _full_originals() -> dict[str, dict[str, torch.Tensor]]:
+    """Randomised original-format state dicts of every part of the MirrorGAN-shapes recipe, by original file name."""
+    from t2i import build
+    from t2i import recipe as recipe_mod
+    from t2i.legacy.alignment import split_stream_checkpoint
+
+    recipe = recipe_mod.load("mirrorgan_shapes", FULL_SETS)
+    encoder, decoder = split_stream_checkpoint(
+        to_original("captioner", randomized(build.build_captioner(recipe, VOCAB)).state_dict())
+    )
+    originals = {
+        "netG_epoch_5.pth": to_original("generator", randomized(build.build_generator(recipe)).state_dict()),
+        "text_encoder5.pth": to_original(
+            "text_encoder", randomized(build.build_text_encoder(recipe, VOCAB)).state_dict()
+        ),
+        "image_encoder5.pth": to_original("image_encoder", randomized(build.build_image_encoder(recipe)).state_dict()),
+        "encoder-5-300.ckpt": encoder,
+        "decoder-5-300.ckpt": decoder,
+    }
+    for index, d in enumerate(build.build_discriminators(recipe)):
+        originals[f"netD{index}.pth"] = to_original("discriminator", randomized(d).state_dict())
+    return originals
+
+
+def _assert_bit_exact(back: dict[str, torch.Tensor], original: dict[str, torch.Tensor], what: str) -> None:
+    assert list(back) == list(original), f"{what}: keys or their order changed"
+    for key, value in original.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), f"{what}: {key} changed"
+
+
+def test_cli_round_trip_of_every_part_is_bit_exact(tmp_path: Path) -> None:
+    originals = _full_originals()
+    for name, state in originals.items():
+        torch.save(state, tmp_path / name)
+    sets = [arg for s in FULL_SETS for arg in ("--set", s)]
+    out = tmp_path / "imported.pt"
+    result, text = _invoke("import", "mirrorgan_shapes", *sets, *(tmp_path / n for n in originals), "-o", out)
+    assert result.exit_code == 0, text
+    checkpoint = torch.load(out, weights_only=True)
+    models = checkpoint["models"]
+    assert set(models) == {"generator", "generator_ema", "discriminators", "text_encoder", "image_encoder", "captioner"}
+    assert len(models["discriminators"]) == 2 and checkpoint["kind"] == "gan"
+    assert {k.split(".")[0] for k in models["captioner"]} == {"encoder", "decoder"}  # merged, in t2i names
+
+    exported = tmp_path / "exported"
+    result, text = _invoke("export", out, "-o", exported)
+    assert result.exit_code == 0, text
+    names = {
+        "netG.pth": "netG_epoch_5.pth",
+        "netD0.pth": "netD0.pth",
+        "netD1.pth": "netD1.pth",
+        "text_encoder.pth": "text_encoder5.pth",
+        "image_encoder.pth": "image_encoder5.pth",
+        "encoder-t2i.ckpt": "encoder-5-300.ckpt",
+        "decoder-t2i.ckpt": "decoder-5-300.ckpt",
+    }
+    assert {p.name for p in exported.iterdir()} == set(names)
+    for written, source in names.items():
+        _assert_bit_exact(torch.load(exported / written, weights_only=True), originals[source], written)
+
+    # The exported files import again (the captioner pair by its names) into the same checkpoint.
+    again = tmp_path / "again.pt"
+    result, text = _invoke("import", "mirrorgan_shapes", *sets, *sorted(exported.iterdir()), "-o", again)
+    assert result.exit_code == 0, text
+    second = torch.load(again, weights_only=True)["models"]
+    for part in ("generator", "text_encoder", "image_encoder", "captioner"):
+        _assert_bit_exact(second[part], models[part], part)
+
+
+def test_cli_captioner_pair_by_as_and_incomplete_pair(tmp_path: Path) -> None:
+    originals = _full_originals()
+    encoder, decoder = tmp_path / "stream_cnn.pt", tmp_path / "stream_rnn.pt"
+    torch.save(originals["encoder-5-300.ckpt"], encoder)
+    torch.save(originals["decoder-5-300.ckpt"], decoder)
+    sets = [arg for s in FULL_SETS for arg in ("--set", s)]
+    out = tmp_path / "stream.pt"
+    result, text = _invoke(
+        "import", "mirrorgan_shapes", *sets, "--as", f"captioner_encoder={encoder}", "--as",
+        f"captioner_decoder={decoder}", "-o", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, text
+    checkpoint = torch.load(out, weights_only=True)
+    assert checkpoint["kind"] == "stream" and set(checkpoint["models"]) == {"captioner"}
+
+    result, text = _invoke("import", "mirrorgan_shapes", *sets, "--as", f"captioner_encoder={encoder}", "-o", out)
+    assert result.exit_code == 1 and "decoder-*.ckpt" in text and "--as captioner_decoder" in text
+
+    # Swapped files: the error names the file that is not a STREAM decoder.
+    result, text = _invoke(
+        "import", "mirrorgan_shapes", *sets, "--as", f"captioner_encoder={decoder}", "--as",
+        f"captioner_decoder={encoder}", "-o", tmp_path / "bad.pt",
+    )  # fmt: skip
+    assert result.exit_code == 1 and "stream_cnn.pt has no embed.weight" in text

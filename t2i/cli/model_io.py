@@ -37,7 +37,7 @@ PATTERNS: list[tuple[str, str]] = [
     (r"^decoder-.*\.ckpt$", "captioner_decoder"),
 ]
 PART_RE = re.compile(r"^(generator|text_encoder|image_encoder|captioner_encoder|captioner_decoder|discriminator\d+)$")
-CAPTIONER_PREFIXES = {"captioner_encoder": "caption_cnn.", "captioner_decoder": "caption_rnn."}
+CAPTIONER_PARTS = ("captioner_encoder", "captioner_decoder")
 
 
 def classify(path: Path) -> str | None:
@@ -116,17 +116,28 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
             raise UserError("an image encoder file was given but the recipe has no model.image_encoder")
         load_into(module, state, f"image_encoder ({parts['image_encoder']})")
         models["image_encoder"] = state
-    captioner_parts = [p for p in CAPTIONER_PREFIXES if p in raw]
+    captioner_parts = [p for p in CAPTIONER_PARTS if p in raw]
     if captioner_parts:
         if len(captioner_parts) != 2:
-            raise UserError("a captioner needs both its encoder-*.ckpt and decoder-*.ckpt files")
-        merged = {CAPTIONER_PREFIXES[p] + k: v for p in captioner_parts for k, v in raw[p].items()}
+            given = ", ".join(str(parts[p]) for p in captioner_parts)
+            raise UserError(
+                f"a captioner needs both its encoder-*.ckpt and decoder-*.ckpt files (got only {given}); "
+                "pass the pair, or name them with --as captioner_encoder=PATH --as captioner_decoder=PATH"
+            )
+        from t2i.legacy.alignment import merge_stream_checkpoints
+
+        # The two files of the original STREAM trainer -> its combined form (caption_cnn.* / caption_rnn.*).
+        merged = merge_stream_checkpoints(raw["captioner_encoder"], raw["captioner_decoder"])
         state = to_t2i("captioner", merged)
-        vocab_size = text_vocab or int(raw["captioner_decoder"]["embed.weight"].shape[0])
+        embedding = raw["captioner_decoder"].get("embed.weight")
+        if embedding is None and text_vocab is None:
+            raise UserError(f"{parts['captioner_decoder']} has no embed.weight: is it a STREAM decoder checkpoint?")
+        vocab_size = text_vocab or int(embedding.shape[0])
         module = build.build_captioner(recipe, vocab_size)
         if module is None:
             raise UserError("captioner files were given but the recipe has no model.captioner")
-        load_into(module, state, "captioner")
+        where = f"{parts['captioner_encoder']} + {parts['captioner_decoder']}"
+        load_into(module, state, f"captioner ({where})")
         models["captioner"] = state
 
     kind = (
@@ -151,6 +162,7 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
 def export_originals(checkpoint: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write the original-format files of every model in a t2i checkpoint; returns the paths written."""
     from t2i.legacy import to_original
+    from t2i.legacy.alignment import split_stream_checkpoint
     from t2i.train.checkpoint import save_atomic
 
     models = checkpoint.get("models", {})
@@ -169,10 +181,10 @@ def export_originals(checkpoint: dict[str, Any], out_dir: Path) -> list[Path]:
     if "image_encoder" in models:
         save(to_original("image_encoder", models["image_encoder"]), "image_encoder.pth")
     if "captioner" in models:
-        merged = to_original("captioner", models["captioner"])
-        for part, prefix in CAPTIONER_PREFIXES.items():
-            state = {k[len(prefix) :]: v for k, v in merged.items() if k.startswith(prefix)}
-            save(state, f"{part.split('_')[1]}-t2i.ckpt")
+        # Back to the original STREAM trainer's two files, named so that `t2i import` recognises the pair.
+        encoder, decoder = split_stream_checkpoint(to_original("captioner", models["captioner"]))
+        save(encoder, "encoder-t2i.ckpt")
+        save(decoder, "decoder-t2i.ckpt")
     if not written:
         raise UserError("the checkpoint holds no models to export")
     return written

@@ -7,6 +7,7 @@ Loss terms come from the recipe; the loop never branches on which ones are prese
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -56,6 +58,24 @@ def text_features(text_encoder: nn.Module, batch: Batch, mask_ids: Tensor) -> Te
     )
 
 
+def item_noise(keys: list[str], step: int, seed: int, z_dim: int, cond_dim: int) -> tuple[Tensor, Tensor] | None:
+    """z (B, z_dim) and CA ε (B, cond_dim), each item's drawn from a seed of (run seed, step, item key).
+
+    An item gets the same noise whatever the number of processes, its place in the length-sorted batch or the
+    resume point, so 2 processes × B/2 see the noise 1 × B sees. None when keys are missing or repeated.
+    """
+    if not keys or len(set(keys)) != len(keys):
+        return None
+    z, eps = [], []
+    for key in keys:
+        words = np.frombuffer(hashlib.blake2b(key.encode(), digest_size=8).digest(), dtype=np.uint32)
+        state = np.random.SeedSequence([seed, step, *words.tolist()]).generate_state(1, dtype=np.uint64)[0]
+        gen = torch.Generator().manual_seed(int(state))
+        z.append(torch.randn(z_dim, generator=gen))
+        eps.append(torch.randn(cond_dim, generator=gen))
+    return torch.stack(z), torch.stack(eps)
+
+
 class GANTrainer:
     def __init__(
         self,
@@ -80,8 +100,12 @@ class GANTrainer:
             torch.set_num_threads(recipe.train.threads)
         torch.use_deterministic_algorithms(recipe.train.deterministic, warn_only=True)
 
-        rng.seed_everything(recipe.seed + rank)
+        # The same seed on every rank while building: identical networks everywhere, the frozen ones included
+        # (DDP syncs only what it wraps, and a "random" text encoder would otherwise differ per rank).
+        rng.seed_everything(recipe.seed)
         self.nets: Networks = build_networks(recipe, self.vocab, device=self.device, pretrain_hint=recipe.source)
+        if world > 1:
+            rng.seed_everything(recipe.seed + rank)  # per-rank randomness from here on
         t = recipe.train
         self.opt_g = torch.optim.Adam(self.nets.generator.parameters(), lr=t.lr_g, betas=t.betas)
         self.opt_d = [
@@ -156,12 +180,14 @@ class GANTrainer:
         self.step = int(state["step"])
         self.best = dict(state.get("metrics", {}).get("best", {}))
         if state.get("world_size", 1) != self.world:
-            # Per-rank noise streams cannot be split or merged: re-derive them from the seed and the step.
+            # Per-rank noise streams (used only without item keys) cannot be split or merged: re-derive them.
             self.noise.manual_seed(self.recipe.seed * 1000 + self.rank + 7919 * self.step)
 
     # -- one iteration ------------------------------------------------------------------------
     def _check(self, name: str, value: Tensor) -> bool:
-        if torch.isfinite(value).all():
+        from t2i.train.distributed import all_finite
+
+        if all_finite(value, self.world):  # every rank calls this for the same terms: they skip or stop together
             return True
         if self.recipe.train.nan_policy == "skip":
             self.log(f"step {self.step + 1}: loss term {name} is {value.item()}; skipping this batch (nan_policy=skip)")
@@ -175,9 +201,11 @@ class GANTrainer:
         nets, adv = self.nets, self.nets.adversarial
         batch = batch.to(self.device)
         text = text_features(nets.text_encoder, batch, self.mask_ids)
-        B = len(batch)
-        z = torch.randn(B, self.recipe.model.z_dim, generator=self.noise).to(self.device)
-        eps = torch.randn(B, self.recipe.model.cond_dim, generator=self.noise).to(self.device)
+        B, m = len(batch), self.recipe.model
+        noise = item_noise(batch.keys, self.step, self.recipe.seed, m.z_dim, m.cond_dim)
+        if noise is None:  # no usable item keys: one stream per rank
+            noise = (torch.randn(B, m.z_dim, generator=self.noise), torch.randn(B, m.cond_dim, generator=self.noise))
+        z, eps = (t.to(self.device) for t in noise)
         self.g_model.train()
         out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
         logs: dict[str, float] = {}
