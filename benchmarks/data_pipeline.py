@@ -3,9 +3,10 @@
 Setting of issue 5 item 7: 500x375 JPEGs, bird pipeline (bbox crop, resize shorter side to 304, random 256 crop,
 flip, 64/128/256 pyramid, [-1, 1]), batch 10, DataLoader with 0 and 2 workers. The "original" pipeline below is
 re-written from training.md §1.5 with torchvision transforms (decode + resize every image on every step).
-Also: shapes generation rate at 64 px.
+Also: shapes generation rate at 64 px. Every number is the median of ``--repeats`` runs; the load average is printed
+(other jobs on the machine lower every rate; compare ratios measured side by side).
 
-    .venv/bin/python benchmarks/data_pipeline.py [--images 300] [--epochs 2]
+    .venv/bin/python benchmarks/data_pipeline.py [--images 300] [--epochs 2] [--shapes 4000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -98,21 +99,24 @@ def throughput(dataset, collate, workers: int, epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def shapes_rate(n: int) -> tuple[float, float, float]:
-    import io
+def shapes_rates(n: int, repeats: int) -> tuple[float, float, float]:
+    """Shapes at 64 px: in-memory draw + PNG encode (one process), and make_shapes to disk with 1 and 2 workers."""
+    from t2i.data.shapes import make_shapes, png_bytes, render_images
 
-    from t2i.data.shapes import make_shapes, render_image
-
-    start = time.perf_counter()
-    for i in range(n):
-        image, _ = render_image(0, i, 64)
-        Image.fromarray(image).save(io.BytesIO(), format="png", compress_level=1)
-    one = n / (time.perf_counter() - start)
+    memory, disk1, disk2 = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        make_shapes(Path(tmp) / "s", n=n, seed=0, size=64, workers=2)
-        disk = n / (time.perf_counter() - start)
-    return one, 2 * one, disk
+        for r in range(repeats):
+            start = time.perf_counter()
+            for first in range(0, n, 256):
+                images, _ = render_images(0, range(first, min(n, first + 256)), 64)
+                for image in images:
+                    png_bytes(image)
+            memory.append(n / (time.perf_counter() - start))
+            for workers, rates in ((1, disk1), (2, disk2)):
+                start = time.perf_counter()
+                make_shapes(Path(tmp) / f"s{r}-{workers}", n=n, seed=0, size=64, workers=workers)
+                rates.append(n / (time.perf_counter() - start))
+    return float(np.median(memory)), float(np.median(disk1)), float(np.median(disk2))
 
 
 def main() -> None:
@@ -120,7 +124,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--shapes", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement; medians are printed")
     args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
     torch.set_num_threads(1)
     from t2i.registry import get_registry
 
@@ -137,24 +143,30 @@ def main() -> None:
         original = OriginalPipeline(tmp, plain)
         rows = []
         for workers in (0, 2):
-            o = throughput(original, original_collate, workers, args.epochs)
-            t = throughput(cached, cached.collate, workers, args.epochs)
-            rows.append((workers, o, t))
+            pairs = [
+                (throughput(original, original_collate, workers, args.epochs),
+                 throughput(cached, cached.collate, workers, args.epochs))
+                for _ in range(args.repeats)
+            ]  # fmt: skip
+            o, t = (float(np.median(v)) for v in zip(*pairs, strict=True))
+            rows.append((workers, o, t, float(np.median([b / a for a, b in pairs]))))
         print(f"{args.images} JPEGs 500x375, bird pipeline, pyramid 64/128/256, batch 10, {os.cpu_count()} CPUs")
         print(f"{'workers':>8} {'original img/s':>15} {'t2i cached img/s':>17} {'speed-up':>9}")
-        for workers, o, t in rows:
-            print(f"{workers:>8} {o:>15.0f} {t:>17.0f} {t / o:>8.1f}x")
+        for workers, o, t, ratio in rows:
+            print(f"{workers:>8} {o:>15.0f} {t:>17.0f} {ratio:>8.1f}x   (medians of {args.repeats})")
         print(
             f"cache: built once in {build:.1f} s ({args.images / build:.0f} img/s), "
             f"{cache_bytes / 1e6:.1f} MB on disk ({cache_bytes / args.images / 1e3:.0f} kB per image)"
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    one, two, disk = shapes_rate(args.shapes)
+    memory, disk1, disk2 = shapes_rates(args.shapes, args.repeats)
     print(
-        f"shapes 64 px: {one:,.0f} img/s per process (draw + PNG encode, in memory), ~{two:,.0f} on 2 cores; "
-        f"{disk:,.0f} img/s make_shapes to disk with 2 workers"
+        f"shapes 64 px, {args.shapes} images: {memory:,.0f} img/s draw + PNG encode in memory (one process); "
+        f"make_shapes to disk (CUB layout, 2 files per image): {disk1:,.0f} img/s with 1 worker, "
+        f"{disk2:,.0f} img/s with 2 (medians of {args.repeats})"
     )
+    print(f"load average at end: {os.getloadavg()[0]:.2f} (1 min)")
 
 
 if __name__ == "__main__":

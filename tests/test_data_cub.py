@@ -240,3 +240,12 @@ def test_coco_layout(tmp_path):
     assert len(ds) == 2 and [ds.class_id(i) for i in range(2)] == [0, 1]  # no class_info: 0..N-1
     assert len(ds.captions_of(0)) == 5 and ds.words_num == 12  # extra captions ignored
     assert ds[0][0][0].shape == (3, 64, 64)
+
+
+def test_flip_param(tmp_path):
+    from test_data_shapes import _flips_seen
+
+    root = make_cub(tmp_path / "birds")
+    plain, mirrored = _flips_seen(cub(root, sizes=(32,)), 0)  # on by default, as the originals
+    assert plain + mirrored == 24 and plain > 0 and mirrored > 0
+    assert _flips_seen(cub(root, sizes=(32,), flip=False), 0) == (24, 0)

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
 from t2i.data.shapes import COLOURS, make_shapes, render_image
@@ -21,11 +22,15 @@ def digest(root):
     return h.hexdigest()
 
 
-def test_deterministic_for_a_seed(tmp_path):
-    a = make_shapes(tmp_path / "a", n=40, seed=3, size=64, workers=2)
-    b = make_shapes(tmp_path / "b", n=40, seed=3, size=64, workers=1)
-    c = make_shapes(tmp_path / "c", n=40, seed=4, size=64, workers=1)
+def test_deterministic_for_a_seed(tmp_path, monkeypatch):
+    import t2i.data.shapes as shapes
+
+    monkeypatch.setattr(shapes, "_HELPER_MIN_IMAGES", 1)  # use a helper interpreter even for a small set
+    a = make_shapes(tmp_path / "a", n=200, seed=3, size=32, workers=2)
+    b = make_shapes(tmp_path / "b", n=200, seed=3, size=32, workers=1)
+    c = make_shapes(tmp_path / "c", n=200, seed=4, size=32, workers=1)
     assert digest(a) == digest(b) != digest(c)
+    assert len(list((a / "CUB_200_2011" / "images").rglob("*.png"))) == 200
 
 
 def test_ground_truth_matches_pixels_and_captions():
@@ -71,3 +76,30 @@ def test_layout_and_dataset(tmp_path, capsys):
     assert batch.images[0].shape == (4, 3, 64, 64) and batch.captions.shape == (4, 18)
     test = get_registry("dataset").build("shapes", {"root": str(root)}, split="test", image_sizes=[64])
     assert len(test) == 10 and not set(test.keys) & set(ds.keys)
+
+
+def _flips_seen(ds, index: int, draws: int = 24) -> tuple[int, int]:
+    """How many of ``draws`` items of ``ds[index]`` are plain crops / mirrored crops of its pre-crop image."""
+    precrop = ds.precrop(index)
+    size = ds.image_sizes[-1]
+    windows = np.lib.stride_tricks.sliding_window_view(precrop, (size, size, 3)).reshape(-1, size, size, 3)
+    plain = mirrored = 0
+    for draw in range(draws):
+        torch.manual_seed(draw)
+        image = ds[index][0][-1].permute(1, 2, 0).numpy()  # (S, S, 3) uint8
+        plain += bool((windows == image).all(axis=(1, 2, 3)).any())
+        mirrored += bool((windows == image[:, ::-1]).all(axis=(1, 2, 3)).any())
+    return plain, mirrored
+
+
+def test_shapes_are_not_flipped_by_default(tmp_path):
+    # A mirrored image would contradict its "left of" / "on the right" captions.
+    make_shapes(tmp_path / "s", n=10, seed=2, size=32, workers=1)
+    build = get_registry("dataset").build
+    ds = build("shapes", {"root": str(tmp_path / "s")}, split="train", image_sizes=[32])
+    assert ds.flip is False
+    # image 0 is not left-right symmetric, so a mirrored crop is never also a plain one
+    assert _flips_seen(ds, 0) == (24, 0)
+    flipping = build("shapes", {"root": str(tmp_path / "s"), "flip": True}, split="train", image_sizes=[32])
+    plain, mirrored = _flips_seen(flipping, 0)
+    assert plain + mirrored == 24 and plain > 0 and mirrored > 0

@@ -57,8 +57,27 @@ def _decode_check(job: str) -> str:
             if image.width < 1 or image.height < 1:
                 return f"{job}: image has no pixels"
     except Exception as exc:
-        return f"{job}: cannot decode image ({type(exc).__name__}: {exc})"
+        return (
+            f"{job}: cannot decode image ({type(exc).__name__}: {exc}); replace the file or remove it from the "
+            "split (training can skip it with skip_bad=true)"
+        )
     return ""
+
+
+def _decode_all(files: list[str], workers: int) -> list[str]:
+    """Decode every image, in threads (PIL decodes without the GIL; no fork of a process that may run torch)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("decoding images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    results = []
+    with Progress(*columns, console=err_console, transient=True) as progress, ThreadPoolExecutor(workers) as pool:
+        task = progress.add_task("decode", total=len(files))
+        for result in pool.map(_decode_check, files):
+            results.append(result)
+            progress.advance(task)
+    return results
 
 
 DatasetOption = typer.Option(None, "--dataset", "-d", help="cub, coco, folder or shapes (default: detected)")
@@ -73,7 +92,7 @@ def make_shapes_cmd(
     n: int = typer.Option(2000, "--n", min=1, help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Generator seed: the same seed gives the same files."),
     size: int = typer.Option(64, "--size", help="Image side in pixels: 64, 128 or 256."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Processes drawing images."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes drawing images (this one + helpers)."),
 ) -> None:
     """Generate the synthetic shapes data set in the CUB layout (with attributes.json ground truth).
 
@@ -105,7 +124,7 @@ def check(
     captions_per_image: int = CpiOption,
     convention: str = ConventionOption,
     quick: bool = typer.Option(False, "--quick", help="Do not decode every image (only check that it exists)."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Processes decoding images."),
+    workers: int = typer.Option(4, "--workers", min=1, help="Threads decoding images."),
 ) -> None:
     """Count images, captions, splits and classes; list missing or unreadable files. Exit 1 on any problem.
 
@@ -117,14 +136,7 @@ def check(
     problems = list(meta.problems)
     files = sorted({str(meta.root / f) for s in meta.splits.values() for f in s.files if f})
     if not quick and files:
-        if workers > 1 and len(files) >= 64:
-            import multiprocessing
-
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                results = pool.map(_decode_check, files, chunksize=32)
-        else:
-            results = [_decode_check(f) for f in files]
-        problems += [r for r in results if r]
+        problems += [r for r in _decode_all(files, workers) if r]
 
     table = Table(title=f"{meta.root} ({kind}, metadata from {meta.source})", title_justify="left")
     for column in ("split", "images", "classes", "captions", "per image (min/mean/max)"):

@@ -90,7 +90,10 @@ def read_folder(root: str | Path, *, captions_per_image: int, convention: str = 
         for i, key in enumerate(keys):
             path = images.get(key)
             if path is None:
-                problems.append(f"{root / key}.jpg: {name}.txt names this image but it does not exist")
+                problems.append(
+                    f"{root / key}.jpg: {name}.txt names this image but it does not exist; add the image or "
+                    f"remove the line {key!r} from {root / name}.txt"
+                )
             files.append(str(path.relative_to(root)) if path else "")
             class_ids.append(class_index[key.split("/")[0]] if "/" in key else i)
         tokenised[name] = [_tokenised_captions(root / f"{k}.txt", captions_per_image, problems, warnings) for k in keys]

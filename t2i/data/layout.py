@@ -17,16 +17,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from t2i.data import safe_pickle
+from t2i.data.params import COCO_LAYOUT, CUB_LAYOUT, DatasetParams, LayoutSpec
 from t2i.data.transforms import DataError, Item, collate_sorted, crop_flip_pyramid, load_precrop, sample_caption
 from t2i.data.vocab import Vocabulary, tokenize
-from t2i.registry import Params
 
 __all__ = [
     "COCO_LAYOUT",
@@ -45,37 +44,6 @@ __all__ = [
 METADATA_FILE = "metadata.json"
 METADATA_FORMAT = "t2i.data.metadata/1"
 IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
-
-
-class DatasetParams(Params):
-    """Fields every built-in data set shares."""
-
-    root: str = Field("data", description="data root directory")
-    words_num: int = Field(18, ge=1, description="caption length limit L for training (WORDS_NUM; B counts specials)")
-    eval_words_num: int = Field(25, ge=1, description="caption length limit for the non-train splits")
-    captions_per_image: int = Field(10, ge=1, description="captions kept per image (CAPTIONS_PER_IMAGE)")
-    convention: Literal["A", "B"] = Field("A", description="caption convention (training.md §1.3)")
-    cache: bool = Field(True, description="decode and pre-resize images once into a memory-mapped cache")
-    cache_dir: str | None = Field(None, description="where the cache lives (default: <root>/.t2i_cache)")
-    crop_bbox: bool = Field(False, description="CUB square crop around the bird's bounding box before resizing")
-    skip_bad: bool = Field(False, description="skip (and report) unreadable images instead of stopping")
-
-
-@dataclass(frozen=True)
-class LayoutSpec:
-    """Where a layout keeps its files, relative to the data root."""
-
-    name: str
-    images_dir: str
-    text_dir: str = "text"
-    bbox_dir: str | None = None  # holds images.txt + bounding_boxes.txt
-    pickle_names: tuple[str, ...] = ("captions.pickle",)
-
-
-CUB_LAYOUT = LayoutSpec(
-    "cub", "CUB_200_2011/images", bbox_dir="CUB_200_2011", pickle_names=("captions.pickle", "bird_captions.pickle")
-)
-COCO_LAYOUT = LayoutSpec("coco", "images")
 
 
 @dataclass
@@ -160,7 +128,7 @@ def _read_keys(split_dir: Path) -> list[str] | None:
     if pickle_file.is_file():
         keys = safe_pickle.load(pickle_file)
         if not isinstance(keys, list) or not all(isinstance(k, str | bytes) for k in keys):
-            raise DataError(f"{pickle_file}: expected a list of image keys (strings)")
+            raise DataError(f"{pickle_file}: expected a list of image keys (strings); regenerate it")
         return [k.decode("latin-1") if isinstance(k, bytes) else k for k in keys]
     if text_file.is_file():
         return [line.strip() for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -175,10 +143,16 @@ def _read_class_ids(split_dir: Path, count: int) -> list[int]:
     try:
         ids = [int(v) for v in np.asarray(raw).reshape(-1)]
     except (TypeError, ValueError):
-        raise DataError(f"{path}: expected a list of integer class labels") from None
+        raise DataError(f"{path}: expected a list of integer class labels; regenerate it or delete it") from None
     if len(ids) != count:
         raise DataError(f"{path}: {len(ids)} class labels for {count} keys in filenames; regenerate one of them")
     return ids
+
+
+def _strip_extension(name: str) -> str:
+    """Key of an images.txt name: the path without its extension (the originals cut 4 characters, wrong for .jpeg)."""
+    head, dot, ext = name.rpartition(".")
+    return head if dot and "/" not in ext else name
 
 
 def _read_bboxes(root: Path, spec: LayoutSpec) -> dict[str, list[float]]:
@@ -197,8 +171,11 @@ def _read_bboxes(root: Path, spec: LayoutSpec) -> dict[str, list[float]]:
     result = {}
     for row, (name, box) in enumerate(zip(names, boxes, strict=True)):
         if len(name) != 2 or len(box) != 5:
-            raise DataError(f"{images_txt if len(name) != 2 else boxes_txt}:{row + 1}: malformed row")
-        result[name[1].strip()[:-4]] = [float(v) for v in box[1:]]  # key = path minus its 4-char extension
+            raise DataError(
+                f"{images_txt if len(name) != 2 else boxes_txt}:{row + 1}: malformed row; expected "
+                + ("'<id> <class_dir>/<name>.jpg'" if len(name) != 2 else "'<id> x y width height'")
+            )
+        result[_strip_extension(name[1].strip())] = [float(v) for v in box[1:]]
     return result
 
 
@@ -213,7 +190,7 @@ def _image_index(root: Path, spec: LayoutSpec) -> dict[str, str]:
     for line in images_txt.read_text(encoding="utf-8").splitlines():
         parts = line.split(maxsplit=1)
         if len(parts) == 2:
-            index[parts[1].strip()[:-4]] = parts[1].strip()
+            index[_strip_extension(parts[1].strip())] = parts[1].strip()
     return index
 
 
@@ -230,7 +207,9 @@ def _find_image(images_dir: Path, key: str, index: dict[str, str]) -> Path | Non
 def _load_captions_pickle(path: Path, convention: str, splits: dict[str, list[str]], cpi: int, meta_warn: list[str]):
     data = safe_pickle.load(path)
     if not (isinstance(data, list) and len(data) == 4 and isinstance(data[2], dict)):
-        raise DataError(f"{path}: expected [train_captions, test_captions, ixtoword, wordtoix]")
+        raise DataError(
+            f"{path}: expected [train_captions, test_captions, ixtoword, wordtoix]; delete it to rebuild from text/"
+        )
     train, test, ixtoword = data[0], data[1], data[2]
     try:
         vocab = Vocabulary.from_ixtoword({int(k): v for k, v in ixtoword.items()})
@@ -309,9 +288,15 @@ def read_layout(
         for key in keys:
             found = _find_image(images_dir, key, index)
             if found is None:
-                problems.append(f"{images_dir / key}.jpg: split {name} names this image but it does not exist")
+                problems.append(
+                    f"{images_dir / key}.jpg: split {name} names this image but it does not exist; add the image "
+                    f"or remove {key!r} from the split file in {root / name}"
+                )
             elif bboxes is not None and key not in bboxes:
-                problems.append(f"{found}: no row for {key} in bounding_boxes.txt")
+                problems.append(
+                    f"{found}: no row for {key} in {root / (spec.bbox_dir or '')}/images.txt + bounding_boxes.txt; "
+                    "add one (or set crop_bbox=false)"
+                )
                 found = None
             files.append(str(found.relative_to(root)) if found else "")
         splits[name] = SplitInfo(keys, class_ids, files, [])
@@ -349,7 +334,7 @@ def _tokenised_captions(path: Path, cpi: int, problems: list[str], warnings: lis
     try:
         lines, note = read_caption_file(path)
     except FileNotFoundError:
-        problems.append(f"{path}: caption file is missing")
+        problems.append(f"{path}: caption file is missing; add it (UTF-8, one caption per line)")
         return []
     except DataError as exc:
         problems.append(str(exc))
@@ -358,7 +343,7 @@ def _tokenised_captions(path: Path, cpi: int, problems: list[str], warnings: lis
         warnings.append(note)
     captions = [tokens for tokens in map(tokenize, lines) if tokens]
     if not captions:
-        problems.append(f"{path}: caption file has no caption (empty, or no words in it)")
+        problems.append(f"{path}: caption file has no caption (empty, or no words in it); write one caption per line")
     elif len(captions) < cpi:
         warnings.append(f"{path}: {len(captions)} captions, fewer than captions_per_image={cpi}")
     return captions[:cpi]
@@ -397,6 +382,7 @@ class CaptionImageDataset(torch.utils.data.Dataset):
         self.convention = meta.vocab.convention
         self.words_num = words_num or (params.words_num if split == "train" else params.eval_words_num)
         self.skip_bad = params.skip_bad
+        self.flip = params.flip
         self.collate = collate_sorted
 
         keep, first_reason = [], ""
@@ -460,7 +446,7 @@ class CaptionImageDataset(torch.utils.data.Dataset):
                 raise
             _say(f"t2i data: skipping {exc}")
             return self[(index + 1) % len(self)]
-        images = crop_flip_pyramid(precrop, self.image_sizes)
+        images = crop_flip_pyramid(precrop, self.image_sizes, flip=self.flip)
         caption, length = sample_caption(self._captions[index], self.words_num, self.convention)
         return images, caption, length, self._class_ids[index], self.keys[index]
 

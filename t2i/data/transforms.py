@@ -1,7 +1,8 @@
 """Per-item preprocessing, caption sampling and sorted collation (training.md §1.5-§1.7).
 
 Images: optional bbox crop (§1.5 step 2) -> resize the shorter side to ``int(imsize*76/64)`` (step 3; this
-"pre-crop" image is what the cache stores) -> random ``imsize`` crop -> random horizontal flip -> a pyramid of smaller
+"pre-crop" image is what the cache stores) -> random ``imsize`` crop -> random horizontal flip (data set param
+``flip``; off for shapes, whose captions say "left of") -> a pyramid of smaller
 sizes resized from the same crop -> [-1, 1]. Items carry uint8 tensors; ``collate_sorted`` converts the whole batch
 to float at once (faster, and 4x less data between DataLoader workers and the main process).
 
@@ -88,8 +89,14 @@ def load_precrop(path: str | Path, bbox: Sequence[float] | None, imsize: int) ->
     return np.asarray(resize_shorter(image, precrop_size(imsize)))
 
 
-def crop_flip_pyramid(precrop: np.ndarray, image_sizes: Sequence[int], generator: torch.Generator | None = None):
-    """Random crop to max(image_sizes), random flip, then every smaller size from that crop.
+def crop_flip_pyramid(
+    precrop: np.ndarray,
+    image_sizes: Sequence[int],
+    generator: torch.Generator | None = None,
+    *,
+    flip: bool = True,
+):
+    """Random crop to max(image_sizes), random horizontal flip (if ``flip``), then every smaller size from that crop.
 
     ``precrop`` (H, W, 3) uint8 -> list of (3, S, S) uint8 tensors in the order of ``image_sizes``.
     """
@@ -102,7 +109,7 @@ def crop_flip_pyramid(precrop: np.ndarray, image_sizes: Sequence[int], generator
     top = int(torch.randint(0, h - imsize + 1, (1,), generator=generator))
     left = int(torch.randint(0, w - imsize + 1, (1,), generator=generator))
     crop = precrop[top : top + imsize, left : left + imsize]
-    if bool(torch.rand((), generator=generator) < 0.5):
+    if flip and bool(torch.rand((), generator=generator) < 0.5):
         crop = crop[:, ::-1]
     crop = np.array(crop, copy=True)  # own, writable memory (the source may be a read-only memory map)
     pil = None

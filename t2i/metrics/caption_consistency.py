@@ -66,7 +66,7 @@ _RELATION_WORDS = {"above": "above", "over": "above", "below": "below", "under":
 _AREA_CONSTANT = {"circle": math.pi, "square": 4 * 0.82**2, "diamond": 2 * 1.1**2, "triangle": 0.5 * 2.1 * 1.75}
 # (fill ratio of the bounding box, centroid height inside the box from the top)
 _KIND_PROTOTYPES = {"circle": (math.pi / 4, 0.5), "square": (1.0, 0.5), "diamond": (0.5, 0.5), "triangle": (0.5, 2 / 3)}
-_DARK = 0.45  # striped shapes alternate the colour and colour * 0.45 (shapes.py ``_draw``)
+_DARK = 0.45  # striped shapes alternate the colour and colour * 0.45 (shapes.py ``_paint``)
 
 
 @dataclass
