@@ -1,0 +1,237 @@
+"""``t2i bench [RECIPE]``: seconds per training iteration (by phase), sampling images/s, FLOPs, peak RSS (issue 8).
+
+Every case runs in a fresh process (its own peak RSS); with ``--against-reference`` the original networks are timed
+in the same run, case by case next to t2i's, and the ratios t2i / original are printed. See t2i/bench.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import typer
+
+from t2i.cli._common import SetOption, UserError, console, err_console, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
+
+
+WHAT = {"train": ["train"], "sample": ["sample"], "data": ["data"], "all": ["train", "sample", "data"]}
+
+
+@user_errors
+def bench(
+    recipe: str = typer.Argument("dmgan_bird", help="Recipe file or built-in recipe name."),
+    what: str = typer.Option("all", "--what", help="train | sample | data | all (data needs the recipe's data set)."),
+    batch: int = typer.Option(None, "--batch", min=1, help="Batch size (default: the recipe's)."),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="Timed repeats per case (median and spread)."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed calls first (FLOPs are counted in the first)."),
+    json_out: Path = typer.Option(None, "--json", help="Write every number (per repeat, per phase) here."),
+    against_reference: bool = typer.Option(
+        False, "--against-reference", help="Also time the original networks (../shared/bench-reference); print ratios."
+    ),
+    reference_dir: Path = typer.Option(None, "--reference-dir", help="Where bench_reference.py lives."),
+    impl: list[str] = typer.Option(
+        None, "--impl", help="Implementations to time: t2i (committed), t2i-fast (fast_path), reference. Repeatable."
+    ),
+    sets: list[str] = SetOption,
+    threads: int = typer.Option(2, "--threads", min=1, help="torch intra-op threads in every case."),
+    no_flops: bool = typer.Option(False, "--no-flops", help="Skip FLOP counting."),
+    matmul_size: int = typer.Option(2048, "--matmul-size", min=64, help="n of the n×n fp32 matmul peak."),
+    interleave: int = typer.Option(
+        0,
+        "--interleave",
+        min=0,
+        help="Also time the implementations in ONE process, one call each per round for this many rounds, and "
+        "print per-round ratios (robust when other processes share the CPUs; no per-case memory).",
+    ),
+    isolated: bool = typer.Option(True, "--isolated/--no-isolated", help="Run each case in a fresh process."),
+) -> None:
+    """Measure a recipe's training and sampling speed and memory on synthetic inputs at its real sizes.
+
+    Example: [bold]t2i bench dmgan_bird --what train,sample --batch 10 --against-reference --json out.json[/]
+    """
+    import torch
+
+    from t2i import bench as B
+    from t2i.recipe import find_recipe
+
+    path = str(find_recipe(recipe))
+    tasks = _tasks(what)
+    implementations = list(impl or ["t2i", "t2i-fast"])
+    for name in implementations:
+        if name not in B.IMPLEMENTATIONS:
+            raise UserError(f"--impl {name!r}: use one of {', '.join(B.IMPLEMENTATIONS)}")
+    if against_reference and "reference" not in implementations:
+        implementations.insert(0, "reference")
+    ref_dir = Path(reference_dir) if reference_dir else B.default_reference_dir()
+    if "reference" in implementations:
+        _check_reference(ref_dir, Path(path).stem, B)
+    B.bench_recipe(path, batch, list(sets or []))  # validate the recipe + overrides once, here, with a clear error
+
+    torch.set_num_threads(threads)
+    peak_before = B.matmul_peak(matmul_size)
+    console.print(
+        f"[bold]{Path(path).stem}[/] · {threads} threads · matmul {matmul_size}² fp32 peak "
+        f"{peak_before['gflops_best']:.0f} GFLOP/s (others used {100 * peak_before['others_frac']:.0f}% of the CPUs)"
+    )
+    cases = B.plan(
+        path,
+        tasks,
+        batch=batch,
+        repeat=repeat,
+        warmup=warmup,
+        overrides=list(sets or []),
+        threads=threads,
+        implementations=implementations,
+        reference_dir=str(ref_dir),
+        flops=not no_flops,
+    )
+    results = []
+    for spec in cases if isolated else []:
+        console.print(f"  {spec['impl']:9s} {spec['task']:6s} …", end="")
+        try:
+            result = B.run_isolated(spec)
+        except RuntimeError as exc:
+            err_console.print(f"\n[red]{exc}[/]")
+            continue
+        results.append(result)
+        others = result.get("others_frac") or 0.0
+        flag = " [yellow][CONTENDED][/]" if others > 0.05 else ""
+        console.print(f" {result['seconds']['median']:.3f} s{flag}")
+    peak_after = B.matmul_peak(matmul_size)
+    peak = max(peak_before["gflops_best"], peak_after["gflops_best"])
+    if results:
+        console.print(_results_table(results, peak))
+    rows = B.ratios(results)
+    if rows:
+        console.print(_ratio_table(rows))
+    paired = []
+    for task in tasks if interleave else []:
+        specs = [c for c in cases if c["task"] == task and task != "data"]
+        if len(specs) < 2:
+            continue
+        console.print(f"  interleaved {task}: {interleave} rounds of {', '.join(c['impl'] for c in specs)} …")
+        paired.append(B.interleaved(specs, interleave, warmup))
+    if paired:
+        console.print(_paired_table(paired))
+    if json_out:
+        payload = {
+            "interleaved": paired,
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "recipe": path,
+            "threads": threads,
+            "matmul_peak_before": peak_before,
+            "matmul_peak_after": peak_after,
+            "results": results,
+            "ratios": rows,
+        }
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=1))
+        console.print(f"wrote {json_out}")
+
+
+def _tasks(what: str) -> list[str]:
+    tasks: list[str] = []
+    for part in what.split(","):
+        part = part.strip()
+        if part not in WHAT:
+            raise UserError(f"--what {part!r}: use train, sample, data, all or a comma list")
+        tasks += [t for t in WHAT[part] if t not in tasks]
+    return tasks
+
+
+def _check_reference(ref_dir: Path, stem: str, B) -> None:
+    if stem not in B.REFERENCE_MODELS:
+        raise UserError(
+            f"--against-reference: no original code for recipe {stem!r}; it exists for "
+            f"{', '.join(sorted(B.REFERENCE_MODELS))}"
+        )
+    if not (ref_dir / "bench_reference.py").is_file():
+        raise UserError(f"--against-reference: {ref_dir}/bench_reference.py not found (set --reference-dir)")
+    import importlib.util
+
+    missing = [m for m in ("yaml", "easydict") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(
+            f"--against-reference: the original code needs {', '.join(missing)}: pip install pyyaml easydict "
+            "(or put them on PYTHONPATH)"
+        )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def _results_table(results: list[dict], peak: float):
+    from rich.table import Table
+
+    table = Table(title="per case (fresh process each)", show_lines=False)
+    columns = ("impl", "task", "B", "median s", "min-max s", "img/s", "GFLOP", "GFLOP/s", "% mm peak", "peak RSS GB")
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("impl", "task") else "left")
+    table.add_column("others' CPU %", justify="right")
+    for r in results:
+        s = r["seconds"]
+        flops = r.get("flops")
+        achieved = r.get("achieved_gflops_per_s")
+        images = r.get("images_per_s") or (r["batch"] / s["median"])
+        table.add_row(
+            r["impl"],
+            r["task"],
+            str(r["batch"]),
+            f"{s['median']:.3f}",
+            f"{s['min']:.2f}-{s['max']:.2f}",
+            f"{images:.2f}",
+            f"{flops / 1e9:,.0f}" if flops else "-",
+            f"{achieved:.0f}" if achieved else "-",
+            f"{100 * achieved / peak:.0f}" if achieved else "-",
+            _gb(r["peak_rss_bytes"]),
+            f"{100 * (r.get('others_frac') or 0):.0f}",
+        )
+    for r in results:
+        if r.get("phases_median_s") and r["task"] == "train":
+            phases = ", ".join(f"{k} {v:.3f}" for k, v in r["phases_median_s"].items())
+            table.caption = (table.caption + "\n" if table.caption else "") + f"{r['impl']} train phases (s): {phases}"
+    return table
+
+
+def _ratio_table(rows: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="t2i / original (same run; < 1 is faster / smaller)")
+    for column in ("impl", "task", "time", "speed-up", "peak RSS", "FLOPs"):
+        table.add_column(column, justify="left" if column in ("impl", "task") else "right")
+    for row in rows:
+        table.add_row(
+            row["impl"],
+            row["task"],
+            f"{row['time']:.3f}",
+            f"{1 / row['time']:.2f}×",
+            f"{row['peak_rss']:.2f}",
+            f"{row['flops']:.3f}" if "flops" in row else "-",
+        )
+    return table
+
+
+def _paired_table(paired: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="interleaved in one process: time / first implementation, median over rounds")
+    for column in ("task", "impl", "median s", "min-max s", "ratio", "speed-up", "others' CPU %"):
+        table.add_column(column, justify="left" if column in ("task", "impl") else "right")
+    for block in paired:
+        for impl, seconds, ratio in zip(block["impls"], block["seconds"], block["ratio_to_first"], strict=True):
+            table.add_row(
+                block["task"],
+                impl,
+                f"{seconds['median']:.3f}",
+                f"{seconds['min']:.2f}-{seconds['max']:.2f}",
+                f"{ratio:.3f}",
+                f"{1 / ratio:.2f}×",
+                f"{100 * (block.get('others_frac') or 0):.0f}",
+            )
+    return table
