@@ -1,0 +1,507 @@
+"""``t2i ablate``: swap components, train each variant with one budget and seeds, report mean ± std (issue 7 item 5).
+
+The grid has one axis per swapped kind (``refiner``: ``model.refiner``; ``alignment``: ``train.alignment``) and is
+their cartesian product. Each axis always holds the base recipe's own value, so the base is the reference variant.
+A swapped refiner keeps the base refiner's params that it also accepts (e.g. ``mask = "legacy"``); an alignment
+value ``damsm+stream`` adds both terms, each with the base recipe's settings for that term when it has one, else
+weight 1 (``damsm:5+stream:20`` sets the weights, ``none`` trains without an alignment term, as the thesis'
+GLDM-only run). Frozen networks the variants need are pretrained once per ablation when the recipe's checkpoint
+files do not exist, and every variant uses the same ones; the R-precision judge is that shared pair for every
+variant.
+
+Layout of the ablation folder (default ``runs/ablate/<base>-<hash>/``; the hash covers the base recipe after
+``--set``, the step budget, the metrics and the sample count, so a re-run with more variants reuses the done ones)::
+
+    pretrained/damsm.pt, pretrained/stream.pt       # when they had to be pretrained
+    <variant-slug>/seed-<k>/                        # a run folder; done.json when trained and evaluated
+    results.csv  results.md  results.png
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import io
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2i import recipe as recipe_mod
+from t2i.registry import get_registry
+
+__all__ = [
+    "AXES",
+    "AblationError",
+    "AblationSpec",
+    "Variant",
+    "VariantResult",
+    "expand_grid",
+    "parse_alignment",
+    "run_ablation",
+    "summarise",
+    "variant_recipe",
+]
+
+# axis name -> (component kind, recipe path); the only place that knows where an axis lives in a recipe.
+AXES: dict[str, tuple[str, str]] = {
+    "refiner": ("refiner", "model.refiner"),
+    "alignment": ("alignment_loss", "train.alignment"),
+}
+
+
+class AblationError(ValueError):
+    t2i_user_error = True
+
+
+# -- the grid ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One point of the grid: ``values[axis]`` as the user spelled it; ``is_base`` for the reference variant."""
+
+    values: tuple[tuple[str, str], ...]
+    is_base: bool = False
+
+    @property
+    def label(self) -> str:
+        text = " · ".join(v for _, v in self.values) or "base"
+        return f"{text} (base)" if self.is_base else text
+
+    @property
+    def slug(self) -> str:
+        parts = [f"{axis}-{value}" for axis, value in self.values] or ["base"]
+        return "__".join(p.replace(":", "x").replace("/", "_") for p in parts)
+
+    def get(self, axis: str) -> str | None:
+        return dict(self.values).get(axis)
+
+
+def parse_alignment(value: str) -> list[tuple[str, float | None]]:
+    """``"damsm:5+stream"`` -> [("damsm", 5.0), ("stream", None)]; ``"none"`` -> []."""
+    if value.strip() == "none":
+        return []
+    terms = []
+    for part in value.split("+"):
+        name, _, weight = part.strip().partition(":")
+        if not name:
+            raise AblationError(f"--alignment {value!r}: empty term; write e.g. damsm, stream, damsm+stream, none")
+        try:
+            terms.append((name, float(weight) if weight else None))
+        except ValueError:
+            raise AblationError(f"--alignment {value!r}: weight {weight!r} is not a number") from None
+    return terms
+
+
+def _canonical(axis: str, value: str) -> tuple[Any, ...]:
+    """What makes two spellings the same variant: registered names (and weights) after resolution."""
+    kind = AXES[axis][0]
+    registry = get_registry(kind)
+    if axis == "alignment":
+        return tuple(sorted((registry.resolve(n), w) for n, w in parse_alignment(value)))
+    return (registry.resolve(value),)
+
+
+def _base_value(axis: str, raw: dict[str, Any]) -> str:
+    if axis == "refiner":
+        refiner = raw.get("model", {}).get("refiner", "attention")
+        return refiner if isinstance(refiner, str) else refiner["name"]
+    terms = raw.get("train", {}).get("alignment", [])
+    names = [t if isinstance(t, str) else t["name"] for t in terms]
+    return "+".join(names) if names else "none"
+
+
+def _split_values(values: Sequence[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def expand_grid(raw: dict[str, Any], axes: dict[str, Sequence[str] | None]) -> list[Variant]:
+    """The cartesian product of the requested axes, each led by the base recipe's value; the base comes first."""
+    lists: list[tuple[str, list[str]]] = []
+    for axis, requested in axes.items():
+        if axis not in AXES:
+            raise AblationError(f"unknown ablation axis {axis!r}; axes: {', '.join(AXES)}")
+        values = _split_values(requested)
+        if not values:
+            continue
+        ordered, seen = [], set()
+        for value in [_base_value(axis, raw), *values]:
+            key = _canonical(axis, value)  # unknown names raise the registry's message here
+            if key not in seen:
+                seen.add(key)
+                ordered.append(value)
+        lists.append((axis, ordered))
+    if not lists:
+        return [Variant((), is_base=True)]
+    grid = []
+    for combo in itertools.product(*(values for _, values in lists)):
+        values = tuple((axis, value) for (axis, _), value in zip(lists, combo, strict=True))
+        is_base = all(value == options[0] for (_, options), value in zip(lists, combo, strict=True))
+        grid.append(Variant(values, is_base=is_base))
+    return grid
+
+
+def _swap_refiner(base: Any, value: str) -> dict[str, Any]:
+    registry = get_registry("refiner")
+    base_table = {"name": base} if isinstance(base, str) else dict(base)
+    entry = registry.get(value)
+    if registry.resolve(base_table["name"]) == entry.name:
+        return base_table
+    shared = {k: v for k, v in base_table.items() if k != "name" and k in entry.params.model_fields}
+    return {"name": value, **shared}
+
+
+def _swap_alignment(base_terms: list[Any], value: str) -> list[dict[str, Any]]:
+    registry = get_registry("alignment_loss")
+    by_name = {}
+    for term in base_terms:
+        table = {"name": term} if isinstance(term, str) else dict(term)
+        by_name[registry.resolve(table["name"])] = table
+    terms = []
+    for name, weight in parse_alignment(value):
+        table = copy.deepcopy(by_name.get(registry.resolve(name), {"name": name, "weight": 1.0}))
+        if weight is not None:
+            table["weight"] = weight
+        terms.append(table)
+    return terms
+
+
+def variant_recipe(
+    raw: dict[str, Any], variant: Variant, *, seed: int, steps: int, extra: Sequence[str] = (), source: str = "ablation"
+) -> recipe_mod.Recipe:
+    """The resolved recipe of one variant and seed: base (+ --set) with the variant's components swapped in."""
+    data = copy.deepcopy(raw)
+    model, train = data.setdefault("model", {}), data.setdefault("train", {})
+    if variant.get("refiner") is not None:
+        model["refiner"] = _swap_refiner(model.get("refiner", "attention"), variant.get("refiner"))
+    if variant.get("alignment") is not None:
+        train["alignment"] = _swap_alignment(list(train.get("alignment", [])), variant.get("alignment"))
+    data["seed"] = seed
+    data["name"] = f"{data.get('name', 'recipe')}-{variant.slug}"
+    overrides = [
+        f"train.steps={steps}",
+        f"train.checkpoint_every={steps}",
+        "train.keep_checkpoints=0",
+        f"train.sample_every={steps}",
+        *extra,
+    ]
+    data = recipe_mod.apply_overrides(data, overrides)
+    recipe = recipe_mod.validate(data, f"{source} [{variant.label}, seed {seed}]", overrides)
+    for term in recipe.train.alignment:
+        for role in getattr(term.entry.factory, "requires", ()):
+            if getattr(recipe.model, role, None) is None:
+                raise AblationError(
+                    f"variant {variant.label}: alignment term {term.entry.name} needs model.{role}, which the base "
+                    f"recipe does not set; add it with --set model.{role}.name=... or start from a recipe that has "
+                    "it (e.g. dmmgan_shapes has both an image encoder and a captioner)"
+                )
+    return recipe
+
+
+# -- running it --------------------------------------------------------------------------------------------------------
+@dataclass
+class AblationSpec:
+    base: str = "dmgan_shapes"
+    axes: dict[str, list[str]] = field(default_factory=dict)
+    sets: list[str] = field(default_factory=list)
+    seeds: int = 3
+    steps: int = 150
+    metrics: list[str] | None = None
+    n: int | None = None
+    out: Path | None = None
+    runs_root: Path = Path("runs")
+
+
+@dataclass
+class VariantResult:
+    variant: Variant
+    seed: int
+    rows: list[dict[str, Any]]
+    seconds: float
+    skipped: bool  # already done before this run
+
+
+def base_raw(spec: AblationSpec) -> tuple[dict[str, Any], recipe_mod.Recipe]:
+    file = recipe_mod.find_recipe(spec.base)
+    raw = recipe_mod.load_raw(file)
+    raw.setdefault("name", file.stem)
+    raw = recipe_mod.apply_overrides(raw, list(spec.sets))
+    return raw, recipe_mod.validate(copy.deepcopy(raw), str(file), list(spec.sets))
+
+
+def ablation_folder(spec: AblationSpec, base: recipe_mod.Recipe) -> Path:
+    if spec.out is not None:
+        return Path(spec.out)
+    key = json.dumps(
+        {"recipe": base.to_toml(), "steps": spec.steps, "metrics": spec.metrics, "n": spec.n}, sort_keys=True
+    )
+    return spec.runs_root / "ablate" / f"{base.name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _needed_roles(recipes: Sequence[recipe_mod.Recipe]) -> set[str]:
+    roles = {"text_encoder"}
+    for r in recipes:
+        for term in r.train.alignment:
+            roles.update(getattr(term.entry.factory, "requires", ()))
+    return roles
+
+
+def _missing(path: str | None) -> bool:
+    return path != "random" and (not path or not Path(path).exists())
+
+
+def pretrain_missing(base: recipe_mod.Recipe, roles: set[str], folder: Path, log: Callable[[str], None]) -> list[str]:
+    """Pretrain DAMSM / STREAM once when a needed checkpoint file is missing; -> --set lines pointing at them."""
+    from t2i.train import run_dir as run_dirs
+    from t2i.train.pretrain import DamsmPretrainer, StreamPretrainer
+
+    pre = base.train.pretrained
+    overrides: list[str] = []
+    jobs = []
+    if _missing(pre.text_encoder) or ("image_encoder" in roles and _missing(pre.image_encoder)):
+        jobs.append(("damsm", DamsmPretrainer, [base.pretrain.damsm.image_size], ("text_encoder", "image_encoder")))
+    if "captioner" in roles and _missing(pre.captioner):
+        jobs.append(("stream", StreamPretrainer, [base.stage_sizes()[-1]], ("captioner",)))
+    for kind, trainer_cls, sizes, sets in jobs:
+        target = folder / "pretrained" / f"{kind}.pt"
+        if not target.is_file():
+            log(f"pretraining {kind} once for every variant -> {target}")
+            pre_recipe = recipe_mod.validate(base.to_dict(), f"{base.source} [pretrain {kind}]")
+            pre_recipe.name = f"{base.name}-{kind}"
+            run_path = folder / "pretrained" / f"{kind}-run"
+            run = run_dirs.open_existing(run_path) if (run_path / "config.resolved.toml").is_file() else None
+            resume = None
+            if run is not None:
+                from t2i.train import checkpoint as ckpt
+
+                try:
+                    resume = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
+                except ckpt.CheckpointError:
+                    resume = None
+            run = run or run_dirs.create(pre_recipe, run_dir=run_path)
+            dataset = pre_recipe.data.dataset.build(split="train", image_sizes=sizes)
+            last = trainer_cls(pre_recipe, run, dataset, resume=resume, quiet=True).fit()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(last).read_bytes())
+        overrides += [f'train.pretrained.{role}="{target}"' for role in sets]
+    return overrides
+
+
+def shared_evaluators(recipe: recipe_mod.Recipe, vocab: Any) -> dict[str, Any]:
+    """The R-precision judge every variant is measured with: the (pre)trained DAMSM text + image encoders."""
+    import torch
+
+    from t2i.train.networks import build_role, build_text_encoder, freeze, load_pretrained
+
+    pre = recipe.train.pretrained
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)  # "random" judges (tests) are the same for every variant
+        networks = {"text_encoder": freeze(build_text_encoder(recipe, len(vocab)))}
+        load_pretrained(networks["text_encoder"], pre.text_encoder, "text_encoder", vocab, what="text_encoder", hint="")
+        if recipe.model.image_encoder is not None and not _missing(pre.image_encoder):
+            image_encoder = freeze(build_role(recipe, "image_encoder", len(vocab)))
+            load_pretrained(image_encoder, pre.image_encoder, "image_encoder", vocab, what="image_encoder", hint="")
+            networks["image_encoder"] = image_encoder
+    return networks
+
+
+def run_variant(
+    recipe: recipe_mod.Recipe,
+    folder: Path,
+    train_set: Any,
+    test_set: Any,
+    evaluators: dict[str, Any],
+    metric_names: list[str] | None,
+    n: int | None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Train one variant/seed in ``folder`` (resuming an interrupted run), evaluate it, write done.json."""
+    from t2i.evaluate import evaluate, metric_specs
+    from t2i.metrics.base import module_fingerprint
+    from t2i.train import checkpoint as ckpt
+    from t2i.train import run_dir as run_dirs
+    from t2i.train.loop import GANTrainer
+
+    start = time.perf_counter()
+    resume = None
+    if (folder / "config.resolved.toml").is_file():
+        run = run_dirs.open_existing(folder)
+        try:
+            resume = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
+        except ckpt.CheckpointError:
+            resume = None
+    else:
+        run = run_dirs.create(recipe, run_dir=folder)
+    trainer = GANTrainer(recipe, run, train_set, resume=resume, sample_dataset=test_set, quiet=True)
+    trainer.fit()
+    trained_against = {"text_encoder": trainer.nets.text_encoder, **trainer.nets.frozen}
+    result = evaluate(
+        trainer.ema.model,
+        trainer.nets.text_encoder,
+        test_set,
+        metric_specs(recipe, metric_names, test_set),
+        z_dim=recipe.model.z_dim,
+        cond_dim=recipe.model.cond_dim,
+        n=n or recipe.eval.n_samples,
+        batch_size=recipe.eval.batch_size,
+        seed=100,  # the evaluation seed is fixed across variants and training seeds
+        evaluators=evaluators,
+        training_network_hashes={k: module_fingerprint(v) for k, v in trained_against.items()},
+        run_info={"checkpoint": {"step": trainer.step, "path": str(run.checkpoints / "last.pt")}},
+        skip_unavailable=metric_names is None,
+    )
+    rows = [{**row, "step": trainer.step} for row in result.rows]
+    from t2i.evaluate import append_rows
+
+    append_rows(run.path / "eval.jsonl", rows)
+    seconds = time.perf_counter() - start
+    (folder / "done.json").write_text(
+        json.dumps({"recipe": recipe.name, "seed": recipe.seed, "seconds": seconds, "rows": rows}, default=str) + "\n"
+    )
+    return rows, seconds
+
+
+def run_ablation(spec: AblationSpec, log: Callable[[str], None] = print) -> tuple[Path, list[VariantResult]]:
+    raw, base = base_raw(spec)
+    grid = expand_grid(raw, spec.axes)
+    folder = ablation_folder(spec, base)
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = [base.seed + k for k in range(spec.seeds)]
+    recipes = {
+        (v, s): variant_recipe(raw, v, seed=s, steps=spec.steps, source=base.source) for v in grid for s in seeds
+    }
+    log(f"ablation of {base.name}: {len(grid)} variant(s) x {len(seeds)} seed(s), {spec.steps} steps each -> {folder}")
+    pending = [key for key in recipes if not (folder / key[0].slug / f"seed-{key[1]}" / "done.json").is_file()]
+    pretrained: list[str] = []
+    if pending:
+        pretrained = pretrain_missing(base, _needed_roles([recipes[k] for k in pending]), folder, log)
+    if pretrained:
+        recipes = {
+            (v, s): variant_recipe(raw, v, seed=s, steps=spec.steps, extra=pretrained, source=base.source)
+            for v in grid
+            for s in seeds
+        }
+    sizes = base.stage_sizes()
+    train_set = test_set = evaluators = None
+    results = []
+    for (variant, seed), recipe in recipes.items():
+        run_folder = folder / variant.slug / f"seed-{seed}"
+        done = run_folder / "done.json"
+        if done.is_file():
+            record = json.loads(done.read_text())
+            results.append(VariantResult(variant, seed, record["rows"], record.get("seconds", 0.0), skipped=True))
+            log(f"  {variant.label} seed {seed}: done before, skipped")
+            continue
+        if train_set is None:
+            train_set = base.data.dataset.build(split="train", image_sizes=sizes)
+            test_set = base.data.dataset.build(split=base.eval.split, image_sizes=[sizes[-1]])
+            evaluators = shared_evaluators(recipe, train_set.vocab)
+        rows, seconds = run_variant(recipe, run_folder, train_set, test_set, evaluators, spec.metrics, spec.n)
+        results.append(VariantResult(variant, seed, rows, seconds, skipped=False))
+        summary = ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows)
+        log(f"  {variant.label} seed {seed}: {summary} ({seconds:.0f} s)")
+    write_reports(folder, grid, results, base.name, spec)
+    return folder, results
+
+
+# -- reports -----------------------------------------------------------------------------------------------------------
+def summarise(grid: Sequence[Variant], results: Sequence[VariantResult]) -> tuple[list[str], list[dict[str, Any]]]:
+    """-> (metric names in order, one row per variant and metric with mean, std over seeds, values, protocols)."""
+    metrics: list[str] = []
+    for result in results:
+        for row in result.rows:
+            if row["metric"] not in metrics:
+                metrics.append(row["metric"])
+    table = []
+    for variant in grid:
+        for metric in metrics:
+            values, protocols = [], set()
+            for result in results:
+                if result.variant != variant:
+                    continue
+                for row in result.rows:
+                    if row["metric"] == metric and row["value"] is not None and math.isfinite(row["value"]):
+                        values.append(float(row["value"]))
+                        protocols.add(row.get("protocol_id", "?"))
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            table.append(
+                {
+                    "variant": variant.label,
+                    **{axis: value for axis, value in variant.values},
+                    "metric": metric,
+                    "mean": mean,
+                    "std": std,
+                    "seeds": len(values),
+                    "values": values,
+                    "protocols": sorted(protocols),
+                }
+            )
+    return metrics, table
+
+
+def write_reports(
+    folder: Path, grid: Sequence[Variant], results: Sequence[VariantResult], base_name: str, spec: AblationSpec
+) -> dict[str, Path]:
+    from t2i import viz
+
+    metrics, table = summarise(grid, results)
+    axes = [axis for axis in AXES if any(v.get(axis) is not None for v in grid)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["variant", *axes, "metric", "mean", "std", "seeds", "values", "protocol_ids"])
+    for row in table:
+        writer.writerow(
+            [row["variant"], *[row.get(a, "") for a in axes], row["metric"], f"{row['mean']:.6g}", f"{row['std']:.6g}",
+             row["seeds"], ";".join(f"{v:.6g}" for v in row["values"]), ";".join(row["protocols"])]
+        )  # fmt: skip
+    (folder / "results.csv").write_text(buffer.getvalue())
+
+    cell = {(r["variant"], r["metric"]): r for r in table}
+    lines = [
+        f"# Ablation of {base_name}",
+        "",
+        f"{len(grid)} variant(s), {spec.seeds} seed(s) each, {spec.steps} generator steps per run; "
+        "mean ± sample std over seeds (one evaluation per trained run).",
+        "",
+        "| variant | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for variant in grid:
+        cells = []
+        for metric in metrics:
+            r = cell.get((variant.label, metric))
+            cells.append("-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}")
+        lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
+    protocols = sorted({(r["metric"], p) for r in table for p in r["protocols"]})
+    lines += ["", "Protocols: " + ", ".join(f"{m} [{p}]" for m, p in protocols)]
+    mixed = [m for m in metrics if len({p for r in table if r["metric"] == m for p in r["protocols"]}) > 1]
+    if mixed:
+        lines.append(
+            "Warning: these metrics were measured under more than one protocol across variants and must not be "
+            "compared directly: " + ", ".join(mixed)
+        )
+    (folder / "results.md").write_text("\n".join(lines) + "\n")
+
+    charts = []
+    for metric in metrics:
+        rows = [cell[(v.label, metric)] for v in grid if (v.label, metric) in cell]
+        if rows:
+            charts.append(
+                viz.bar_chart(
+                    [r["variant"] for r in rows],
+                    [r["mean"] for r in rows],
+                    [r["std"] for r in rows],
+                    title=f"{base_name}: {metric} ({spec.seeds} seeds, {spec.steps} steps)",
+                    ylabel=metric,
+                )
+            )
+    paths = {"csv": folder / "results.csv", "md": folder / "results.md"}
+    if charts:
+        paths["png"] = viz.save_png(viz.stack_vertical(charts), folder / "results.png")
+    return paths

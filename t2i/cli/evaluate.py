@@ -1,0 +1,177 @@
+"""``t2i eval`` (metrics of one checkpoint, appended to its eval.jsonl) and ``t2i compare`` (models side by side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from t2i.cli._common import CodeOption, SetOption, UserError, console, err_console, import_code, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate_command)
+    app.command("compare")(compare_command)
+
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+
+
+def _apply_sets(model, sets: list[str] | None) -> None:
+    """``--set`` on the checkpoint's recipe ([eval] metric params, data root); the networks are unchanged."""
+    if not sets:
+        return
+    from t2i import recipe as recipe_mod
+
+    data = recipe_mod.apply_overrides(model.recipe.to_dict(), list(sets))
+    model.recipe = recipe_mod.validate(data, f"{model.path}[recipe] + --set", list(sets))
+
+
+@user_errors
+def evaluate_command(
+    checkpoint: Path = typer.Argument(..., help="A run folder (uses checkpoints/last.pt) or a GAN checkpoint."),
+    metric: list[str] = typer.Option(
+        None, "--metric", "-m", help="Metric to compute (repeatable); default: the recipe's \\[eval] metrics."
+    ),
+    n: int = typer.Option(None, "--n", min=1, help="Images to generate (default: the recipe's eval.n_samples)."),
+    split: str = typer.Option(None, "--split", help="Data split whose captions drive generation (default: test)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Generation batch (default: eval.batch_size)."),
+    seed: int = typer.Option(100, "--seed", help="Evaluation seed: captions, noise, negatives (DM-GAN: 100)."),
+    weights_dir: Path = typer.Option(None, "--weights-dir", help="Backbone weights folder (default: $T2I_WEIGHTS)."),
+    evaluator: Path = typer.Option(
+        None, "--evaluator", help="Checkpoint with independent judge encoders (text + image) for R-precision."
+    ),
+    write_images: Path = typer.Option(
+        None, "--write-images", help="Also write every image as <key>_s-1_<pass>.png under this folder."
+    ),
+    live: bool = typer.Option(False, "--live", help="Evaluate the live generator instead of the EMA one."),
+    sets: list[str] = SetOption,
+    code: list[Path] = CodeOption,
+) -> None:
+    """Generate images with the EMA generator and compute metrics; append one row per metric to eval.jsonl.
+
+    Example: [bold]t2i eval runs/dmgan_shapes/<run> --metric caption_consistency --n 1000[/]
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from t2i.evaluate import append_rows, evaluate, load_evaluators, load_model, metric_specs, training_hashes
+
+    import_code(code)
+    model = load_model(checkpoint, ema=not live)
+    _apply_sets(model, sets)
+    recipe = model.recipe
+    split = split or recipe.eval.split
+    dataset = recipe.data.dataset.build(split=split, image_sizes=[recipe.stage_sizes()[-1]])
+    if dataset.vocab != model.vocab:
+        raise UserError(f"the {split} split's vocabulary differs from the checkpoint's; evaluate on its own data set")
+    explicit = bool(metric)
+    specs = metric_specs(recipe, metric, dataset)
+    evaluators = load_evaluators(model, evaluator)
+    count = n or recipe.eval.n_samples
+    record = {**model.checkpoint_record(), "recipe": recipe.name, "generator": "live" if live else "ema"}
+    if evaluator is not None:
+        record["evaluator"] = str(evaluator)
+    with Progress(
+        TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+        console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("eval", total=count)
+        result = evaluate(
+            model.generator,
+            model.text_encoder,
+            dataset,
+            specs,
+            z_dim=recipe.model.z_dim,
+            cond_dim=recipe.model.cond_dim,
+            n=count,
+            batch_size=batch_size or recipe.eval.batch_size,
+            seed=seed,
+            evaluators=evaluators,
+            training_network_hashes=training_hashes(model),
+            run_info={"checkpoint": record, "split": split},
+            weights_dir=weights_dir,
+            write_images=write_images,
+            workers=recipe.data.workers,
+            skip_unavailable=not explicit,
+            on_batch=lambda done: bar.update(task, completed=done),
+        )
+    for name, reason in result.skipped.items():
+        err_console.print(f"[yellow]skipped {name}:[/] {reason}", highlight=False, soft_wrap=True)
+    step = int(model.state.get("step", 0))
+    rows = [{**row, "step": step} for row in result.rows]
+    path = append_rows(model.eval_file, rows)
+
+    table = Table(title=f"{recipe.name} step {step}: {result.images} images, {result.images_per_s:.1f} images/s")
+    for column in ("metric", "value", "± std", "n", "protocol", "details"):
+        table.add_column(column, justify="right" if column in ("value", "± std", "n") else "left")
+    for row in rows:
+        details = " ".join(f"{k}={v:.3f}" for k, v in row["details"].items())
+        judge = row["protocol"].get("judge_is_trainer")
+        note = " (judge = trainer)" if judge else ""
+        table.add_row(
+            row["metric"] + note, _format(row["value"]), _format(row["std"]), str(row["n"]), row["protocol_id"], details
+        )
+    console.print(table)
+    if write_images is not None:
+        console.print(f"images: {write_images}")
+    console.print(f"appended {len(rows)} row(s) to {path}")
+
+
+@user_errors
+def compare_command(
+    checkpoints: list[Path] = typer.Argument(..., help="Run folders or GAN checkpoints to put side by side."),
+    captions: Path = typer.Option(None, "--captions", help="Text file, one caption per line (default: test captions)."),
+    seeds: str = typer.Option("0", "--seeds", help="Noise seeds, comma separated: one column per model and seed."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for grid.png, attention.png and metrics.md."),
+    code: list[Path] = CodeOption,
+) -> None:
+    """The same captions and noise through several models: image grid, attention maps, shared-protocol metrics.
+
+    Example: [bold]t2i compare runs/dmgan_shapes/<a> runs/dmmgan_shapes/<b> --seeds 0,1 -o compare/[/]
+    """
+    from rich.table import Table
+
+    from t2i.compare import compare
+    from t2i.evaluate import load_model
+
+    import_code(code)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
+    if not seed_list:
+        raise UserError("--seeds needs at least one seed")
+    texts = None
+    if captions is not None:
+        if not captions.is_file():
+            raise UserError(f"--captions file not found: {captions}")
+        texts = [line.strip() for line in captions.read_text().splitlines() if line.strip()]
+        if not texts:
+            raise UserError(f"{captions} holds no caption")
+    models = [load_model(c) for c in checkpoints]
+    result = compare(models, out, captions=texts, seeds=seed_list)
+    for name, missing in result.unknown_words.items():
+        for text, words in missing.items():
+            err_console.print(f"[yellow]{name}:[/] does not know {', '.join(words)} in {text!r}", highlight=False)
+    lines = ["| metric | protocol | n | " + " | ".join(result.names) + " |", "|---" * (3 + len(result.names)) + "|"]
+    table = Table(title="metrics over the protocols every model shares")
+    for column in ("metric", "protocol", "n", *result.names):
+        table.add_column(column)
+    for row in result.table:
+        cells = [
+            f"{v:.4g}" + (f" ± {s:.2g}" if s is not None else "") for v, s in (row["values"][m] for m in result.names)
+        ]
+        table.add_row(row["metric"], row["protocol_id"], str(row["n"]), *cells)
+        lines.append(f"| {row['metric']} | {row['protocol_id']} | {row['n']} | " + " | ".join(cells) + " |")
+    if result.table:
+        console.print(table)
+    else:
+        console.print("no metric protocol is shared by every model (run `t2i eval` on each with the same settings)")
+    if result.left_out:
+        console.print("not shared by every model, left out: " + "; ".join(result.left_out), highlight=False)
+    (Path(out) / "metrics.md").write_text("\n".join(lines) + "\n")
+    console.print(f"wrote {result.grid}" + (f", {result.attention}" if result.attention else "") + f" in {out}")

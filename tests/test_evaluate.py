@@ -1,0 +1,135 @@
+"""``t2i eval`` and the evaluation driver on a tiny trained checkpoint: eval.jsonl rows with protocol records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import tiny_overrides
+from typer.testing import CliRunner
+
+from t2i import recipe as recipe_mod
+from t2i.cli import app
+from t2i.train import checkpoint as ckpt
+from t2i.train import run_dir as run_dirs
+from t2i.train.loop import GANTrainer
+
+# r_precision's default 99 negatives need more captions than the 4-image test split of the tiny set has.
+METRICS = 'eval.metrics=[{name="caption_consistency"},{name="r_precision",negatives=5}]'
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A 2-step tiny DM-GAN run folder (shared with test_compare.py)."""
+    base = tmp_path_factory.mktemp("eval")
+    recipe = recipe_mod.load("dmgan_shapes", tiny_overrides(base / "shapes") + ["train.steps=2"])
+    dataset = recipe.data.dataset.build(split="train", image_sizes=recipe.stage_sizes())
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, base / "runs"), dataset, quiet=True)
+    trainer.fit()
+    return trainer.run.path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_eval_appends_rows_with_protocols_and_writes_images(trained_run, tmp_path):
+    images = tmp_path / "images"
+    before = len((trained_run / "eval.jsonl").read_text().splitlines()) if (trained_run / "eval.jsonl").exists() else 0
+    result = invoke("eval", trained_run, "--n", "8", "--batch-size", "4", "--set", METRICS, "--write-images", images)
+    assert result.exit_code == 0, result.output
+    assert "images/s" in result.output
+    lines = (trained_run / "eval.jsonl").read_text().splitlines()[before:]
+    rows = {row["metric"]: row for row in map(json.loads, lines)}
+    assert set(rows) == {"caption_consistency.v1", "r_precision.v1"}
+    checkpoint_sha = sha256(trained_run / "checkpoints" / "last.pt")
+    for row in rows.values():
+        protocol = row["protocol"]
+        assert row["n"] == 8 and protocol["n_samples"] == 8
+        assert protocol["checkpoint"]["sha256"] == checkpoint_sha
+        assert protocol["checkpoint"]["step"] == row["step"] == 2
+        assert protocol["seed"] == 100 and protocol["batch_size"] == 4 and protocol["split"] == "test"
+        assert re.fullmatch(r"[0-9a-f]{12}", row["protocol_id"])
+        assert 0.0 <= row["value"] <= 1.0
+    assert rows["caption_consistency.v1"]["protocol"]["judge"].startswith("shapes-judge")
+    assert set(rows["caption_consistency.v1"]["details"]) >= {"colour_rate", "kind_rate"}
+    # Default judges are the encoders G was trained against, and the record says so.
+    assert rows["r_precision.v1"]["protocol"]["judge_is_trainer"] is True
+    # 8 images from a 4-image split: two passes, original file names <key>_s-1_<pass>.png.
+    files = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    assert len(files) == 8
+    assert {f.rsplit("_", 1)[1] for f in files} == {"0.png", "1.png"}
+    assert all(re.search(r"_s-1_[01]\.png$", f) for f in files)
+
+
+def test_eval_is_deterministic_for_a_seed(trained_run):
+    from t2i.evaluate import evaluate, load_evaluators, load_model, metric_specs
+
+    model = load_model(trained_run)
+    recipe = recipe_mod.validate(recipe_mod.apply_overrides(model.recipe.to_dict(), [METRICS]))
+    dataset = recipe.data.dataset.build(split="test", image_sizes=[recipe.stage_sizes()[-1]])
+    specs = metric_specs(recipe, None, dataset)
+    kwargs = dict(z_dim=recipe.model.z_dim, cond_dim=recipe.model.cond_dim, n=6, batch_size=3, seed=7)
+    evaluators = load_evaluators(model)
+    first = evaluate(model.generator, model.text_encoder, dataset, specs, evaluators=evaluators, **kwargs)
+    second = evaluate(model.generator, model.text_encoder, dataset, specs, evaluators=evaluators, **kwargs)
+    assert [r["value"] for r in first.rows] == [r["value"] for r in second.rows]
+    assert first.images == 6 and [r["protocol_id"] for r in first.rows] == [r["protocol_id"] for r in second.rows]
+
+
+def test_unknown_metric_exits_1_with_the_registry_message(trained_run):
+    result = invoke("eval", trained_run, "--metric", "fid_typo", "--n", "4")
+    assert result.exit_code == 1
+    assert "unknown metric 'fid_typo'" in result.output
+    assert "caption_consistency.v1" in result.output  # the registry lists what exists
+
+
+def test_independent_evaluator_is_not_flagged_as_trainer(trained_run, tmp_path):
+    state = ckpt.load(trained_run)
+    recipe = recipe_mod.validate(state["recipe"])
+    from t2i.train.networks import build_role, build_text_encoder
+
+    torch.manual_seed(1234)
+    vocab_size = len(state["vocab"]["words"])
+    evaluator = {
+        "format_version": ckpt.FORMAT_VERSION,
+        "kind": "damsm",
+        "step": 0,
+        "recipe": state["recipe"],
+        "vocab": state["vocab"],
+        "models": {
+            "text_encoder": build_text_encoder(recipe, vocab_size).state_dict(),
+            "image_encoder": build_role(recipe, "image_encoder", vocab_size).state_dict(),
+        },
+    }
+    path = ckpt.save_atomic(evaluator, tmp_path / "judge.pt")
+    result = invoke("eval", trained_run, "--n", "4", "--batch-size", "4", "--set", METRICS, "-m", "r_precision",
+                    "--evaluator", path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = json.loads((trained_run / "eval.jsonl").read_text().splitlines()[-1])
+    assert row["metric"] == "r_precision.v1"
+    assert row["protocol"]["judge_is_trainer"] is False
+    assert row["protocol"]["checkpoint"]["evaluator"] == str(path)
+
+
+def test_in_training_evaluation_returns_rows(tmp_path):
+    from t2i.evaluate import evaluate_trainer
+
+    recipe = recipe_mod.load("dmgan_shapes", tiny_overrides(tmp_path / "shapes") + [METRICS])
+    train_set = recipe.data.dataset.build(split="train", image_sizes=recipe.stage_sizes())
+    test_set = recipe.data.dataset.build(split="test", image_sizes=[recipe.stage_sizes()[-1]])
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), train_set, quiet=True)
+    rows = evaluate_trainer(trainer, test_set, n=4)
+    assert [r["metric"] for r in rows] == ["caption_consistency.v1", "r_precision.v1"]
+    assert all(r["step"] == 0 for r in rows)
+    written = [json.loads(line) for line in (trainer.run.path / "eval.jsonl").read_text().splitlines()]
+    assert [r["metric"] for r in written] == [r["metric"] for r in rows]
+    assert trainer.ema.model.training is False  # evaluated in eval mode and left as it was
