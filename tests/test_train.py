@@ -241,3 +241,26 @@ def test_cli_train_then_sample_then_resume(data_root, tmp_path):
     again = run_cli("train", "--resume", str(run), "--steps", "3", "-q")
     assert again.returncode == 0, again.stderr
     assert ckpt.load(run / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_in_training_evaluation_keeps_best_checkpoint(data_root, tmp_path):
+    recipe, dataset = make(
+        data_root,
+        [
+            "eval.every_steps=2",
+            "eval.n_samples=8",
+            "eval.batch_size=4",
+            'eval.metrics=["caption_consistency"]',
+            'eval.best_metric="caption_consistency"',
+        ],
+    )
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path), dataset, quiet=True)
+    trainer.fit(steps=4)
+    import json
+
+    rows = [json.loads(line) for line in (trainer.run.path / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(r["metric"].startswith("caption_consistency") and r["n"] == 8 for r in rows)
+    best = list(trainer.run.checkpoints.glob("best-*.pt"))
+    assert len(best) == 1 and "caption_consistency" in best[0].name
+    assert ckpt.load(best[0])["metrics"]["best"]

@@ -304,9 +304,10 @@ class GANTrainer:
                     window_start, window_images = time.perf_counter(), 0
                 if self.samples is not None and (self.step % t.sample_every == 0 or self.step == total):
                     self.samples.write(self.ema.model, self.step)
+                improved = self.maybe_evaluate()
                 periodic = self.step % t.checkpoint_every == 0
-                if periodic or self.step == total or stop.signal_name:
-                    last_path = self.save(periodic=periodic)
+                if periodic or self.step == total or stop.signal_name or improved:
+                    last_path = self.save(periodic=periodic, best=improved)
                 if stop.signal_name:
                     self.log(
                         f"{stop.signal_name}: checkpoint written at step {self.step}; resume with "
@@ -317,11 +318,45 @@ class GANTrainer:
             self.log(f"done: {self.step} steps; last checkpoint {last_path}")
         return last_path
 
-    def save(self, periodic: bool) -> Path:
+    def save(self, periodic: bool, best: str | None = None) -> Path:
         if self.rank != 0:
             return self.run.checkpoints / "last.pt"
         keeper = ckpt.CheckpointKeeper(self.run.checkpoints, self.recipe.train.keep_checkpoints)
-        return keeper.save(self.state(), self.step, periodic=periodic)[0]
+        state = self.state()
+        if best is not None:
+            keeper.save_best(state, best)
+        return keeper.save(state, self.step, periodic=periodic)[0]
+
+    _eval_set: Any = None
+
+    def maybe_evaluate(self) -> str | None:
+        """Every ``[eval] every_steps``: evaluate EMA G into eval.jsonl; the name of ``best_metric`` if it improved."""
+        every = self.recipe.eval.every_steps
+        if self.rank != 0 or not every or self.step % every:
+            return None
+        from t2i.evaluate import evaluate_trainer
+
+        if self._eval_set is None:
+            e = self.recipe.eval
+            self._eval_set = self.recipe.data.dataset.build(split=e.split, image_sizes=[self.recipe.stage_sizes()[-1]])
+        rows = evaluate_trainer(self, self._eval_set)
+        for row in rows:
+            self.log(f"step {self.step}: {row['metric']} = {row['value']:.4g}")
+        target = self.recipe.eval.best_metric
+        if not target:
+            return None
+        for row in rows:
+            name = row["metric"]
+            if name != target and name.split(".v")[0] != target:
+                continue
+            lower_is_better = name.startswith("fid")  # distances; every other protocol here is a score
+            value = float(row["value"])
+            old = self.best.get(name)
+            if old is None or (value < old if lower_is_better else value > old):
+                self.best[name] = value
+                self.log(f"new best {name} = {value:.4g} at step {self.step}")
+                return name
+        return None
 
 
 def _set_requires_grad(params: list[nn.Parameter], flag: bool) -> None:
