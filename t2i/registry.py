@@ -244,7 +244,7 @@ class Registry:
     def _unknown_message(self, name: str) -> str:
         available = sorted(self._entries)
         bases = sorted({e.base for e in self._entries.values()})
-        close = difflib.get_close_matches(name, available + bases, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(split_name(name)[0], bases, n=3, cutoff=0.6)
         lines = [f"unknown {self.kind} {name!r}."]
         lines.append("Available: " + (", ".join(available) if available else "(none registered)") + ".")
         if close:
