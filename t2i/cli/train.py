@@ -80,10 +80,15 @@ def train(
             raise UserError("give a RECIPE (or --resume RUN_DIR)")
         loaded, run = load_recipe(recipe, sets, code), None
     image_sizes = loaded.stage_sizes()
-    dataset = _dataset(loaded, "train", image_sizes)
     if dry_run:
+        try:
+            dataset = _dataset(loaded, "train", image_sizes)
+        except Exception as exc:  # the networks can be shown without the data
+            console.print(f"[yellow]note:[/] data set not loaded ({exc}); the text encoder needs its vocabulary")
+            dataset = None
         _print_dry_run(loaded, dataset)
         return
+    dataset = _dataset(loaded, "train", image_sizes)
     state = None
     if run is not None:
         keeper = ckpt.CheckpointKeeper(run.checkpoints)
@@ -167,16 +172,17 @@ def _print_dry_run(recipe, dataset) -> None:
             recipe.model.discriminator.entry.name,
             f"{sum(p.numel() for p in d.parameters() if p.requires_grad):,}",
         )
-    te = build_text_encoder(recipe, len(dataset.vocab))
-    table.add_row(
-        "text encoder (frozen)", recipe.model.text_encoder.entry.name, f"{sum(p.numel() for p in te.parameters()):,}"
-    )
+    te_count = "(needs the data set's vocabulary)"
+    if dataset is not None:
+        te_count = f"{sum(p.numel() for p in build_text_encoder(recipe, len(dataset.vocab)).parameters()):,}"
+    table.add_row("text encoder (frozen)", recipe.model.text_encoder.entry.name, te_count)
     for term in recipe.train.alignment:
         table.add_row(f"alignment term ×{term.params.weight:g}", term.entry.name, "-")
     console.print(table)
-    console.print(
-        f"data: {recipe.data.dataset.entry.name}, {len(dataset)} training items, vocabulary {len(dataset.vocab)}"
-    )
+    if dataset is not None:
+        console.print(
+            f"data: {recipe.data.dataset.entry.name}, {len(dataset)} training items, vocabulary {len(dataset.vocab)}"
+        )
 
 
 def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, quiet, export=None) -> None:
