@@ -314,3 +314,30 @@ def test_stream_pretraining_writes_a_captioner_the_gan_loads(data_root, tmp_path
     )
     gan_set = gan.data.dataset.build(split="train", image_sizes=gan.stage_sizes())
     GANTrainer(gan, run_dirs.create(gan, tmp_path / "gan"), gan_set, quiet=True).fit(steps=1)
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data_root, tmp_path):
+    import signal
+    import time
+
+    sets = [x for o in tiny_overrides(data_root) + ["train.checkpoint_every=1000"] for x in ("--set", o)]
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "t2i", "train", "dmgan_shapes", *sets, "--run-dir", str(run), "--steps", "100000"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    assert 2 <= state["step"] < 100000
+    assert "SIGTERM: checkpoint written" in (run / "log.txt").read_text()
