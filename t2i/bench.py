@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from t2i.models.blocks import UpsampleConv3x3, up2_conv3x3  # noqa: F401  (re-exported)
+
 IMPLEMENTATIONS = ("t2i", "t2i-fast", "reference")
 TASKS = ("train", "sample", "data")
 # Recipes whose original code the bench-reference harness can run: recipe stem -> (model, dataset).
@@ -165,40 +167,9 @@ def time_calls(
 
 
 # -- the fast path ---------------------------------------------------------------------------------------------
-def up2_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``conv3x3(nearest_upsample_x2(x))`` (stride 1, padding 1) as one 2×2 convolution at the input size.
-
-    Output pixel (2i+a, 2j+b) of the upsampled conv reads source rows {i-1, i} (a=0) or {i, i+1} (a=1); the 3×3
-    taps that land on the same source pixel are summed into one 2×2 kernel per phase (a, b). Same function of x
-    and W (exactly, up to float rounding), 16 instead of 36 multiply-adds per source pixel, and no 4× upsampled
-    copy of x. x (B, I, H, W), weight (O, I, 3, 3) -> (B, O, 2H, 2W).
-    """
-    k0, k1, k2 = weight[:, :, 0], weight[:, :, 1], weight[:, :, 2]  # kernel rows, each (O, I, 3)
-    rows = (torch.stack((k0, k1 + k2), dim=2), torch.stack((k0 + k1, k2), dim=2))  # (O, I, 2, 3) for a = 0, 1
-
-    def cols(r: Tensor) -> tuple[Tensor, Tensor]:
-        c0, c1, c2 = r[..., 0], r[..., 1], r[..., 2]
-        return torch.stack((c0, c1 + c2), dim=3), torch.stack((c0 + c1, c2), dim=3)  # (O, I, 2, 2) for b = 0, 1
-
-    kernels = torch.cat([k for r in rows for k in cols(r)], dim=0)  # (4O, I, 2, 2), phase a*2 + b major
-    batch, out_channels, (height, width) = x.shape[0], weight.shape[0], x.shape[2:]
-    # One conv for all four phases: with padding 1, output row r reads source rows {r-1, r}, so phase a
-    # (source rows {i-1+a, i+a}) is output rows a .. a+H-1; the same for columns.
-    y = F.conv2d(x, kernels, None, padding=1)  # (B, 4O, H+1, W+1)
-    out = y.new_empty(batch, out_channels, height, 2, width, 2)  # (B, O, H, a, W, b) = (B, O, 2H, 2W) in memory
-    for a in (0, 1):
-        for b in (0, 1):
-            k = (a * 2 + b) * out_channels
-            out[:, :, :, a, :, b] = y[:, k : k + out_channels, a : a + height, b : b + width]
-    out = out.view(batch, out_channels, 2 * height, 2 * width)
-    return out if bias is None else out + bias[:, None, None]
-
-
-class Up2Conv3x3(nn.Conv2d):
-    """A 3×3 conv that receives the *pre-upsample* input (see :func:`up2_conv3x3`); state dict unchanged."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return up2_conv3x3(x, self.weight, self.bias)
+# The folded upsample-conv is the generator's own upBlock now (t2i.models.blocks); the fast path still applies it
+# to any plain "nearest x2 upsample -> 3x3 conv" pair it finds (e.g. in user components).
+Up2Conv3x3 = UpsampleConv3x3
 
 
 class FusedGLU(nn.Module):

@@ -109,9 +109,9 @@ class LoadedModel:
 def load_model(checkpoint: str | Path, *, ema: bool = True) -> LoadedModel:
     """Load a GAN checkpoint (or a run folder's last.pt) for evaluation."""
     from t2i import recipe as recipe_mod
+    from t2i.build import build_generator, build_text_encoder
     from t2i.data.vocab import Vocabulary
     from t2i.train import checkpoint as ckpt
-    from t2i.train.networks import build_generator, build_text_encoder
 
     state = ckpt.load(checkpoint)
     path = Path(state["_path"])

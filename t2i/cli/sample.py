@@ -15,25 +15,10 @@ def register(app: typer.Typer) -> None:
 
 def load_generator(checkpoint: Path, *, ema: bool = True):
     """(recipe, generator, text_encoder, vocab) from a t2i GAN checkpoint or run folder."""
-    from t2i import recipe as recipe_mod
-    from t2i.build import build_generator, build_text_encoder
-    from t2i.data.vocab import Vocabulary
-    from t2i.train import checkpoint as ckpt
+    from t2i.evaluate import load_model
 
-    state = ckpt.load(checkpoint)
-    if state.get("kind") != "gan" or "generator_ema" not in state.get("models", {}):
-        raise UserError(f"{state['_path']} is not a GAN checkpoint (kind {state.get('kind')!r})")
-    if state.get("vocab") is None:
-        raise UserError(f"{state['_path']} carries no vocabulary; re-import it with its captions.pickle")
-    recipe = recipe_mod.validate(state["recipe"], f"{state['_path']}[recipe]")
-    vocab = Vocabulary.from_dict(state["vocab"])
-    generator = build_generator(recipe)
-    generator.load_state_dict(state["models"]["generator_ema" if ema else "generator"])
-    text_encoder = build_text_encoder(recipe, len(vocab))
-    text_encoder.load_state_dict(state["models"]["text_encoder"])
-    generator.eval().requires_grad_(False)
-    text_encoder.eval().requires_grad_(False)
-    return recipe, generator, text_encoder, vocab
+    model = load_model(checkpoint, ema=ema)
+    return model.recipe, model.generator, model.text_encoder, model.vocab
 
 
 @user_errors
