@@ -220,51 +220,42 @@ def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, 
 
 _PRETRAINED_KEY = {"damsm": "text_encoder", "stream": "captioner"}
 
-_PRETRAIN_OPTIONS = dict(
-    resume=typer.Option(None, "--resume", help="Continue this pretraining run folder."),
-    runs=typer.Option(Path("runs"), "--runs", help="Root folder for new runs."),
-    run_dir=typer.Option(None, "--run-dir", help="Exact folder for the new run."),
-    quiet=typer.Option(False, "--quiet", "-q"),
-    export=typer.Option(None, "--export", help="Also copy the final checkpoint to this path (what recipes point at)."),
+
+def _pretrain_command(kind: str, summary: str, example: str):
+    """One `t2i pretrain KIND` command; both kinds take the same options."""
+
+    @user_errors
+    def command(
+        recipe: str = typer.Argument(None, help=f"Recipe (its \\[pretrain.{kind}] section and what it trains)."),
+        sets: list[str] = SetOption,
+        code: list[Path] = CodeOption,
+        resume: Path = typer.Option(None, "--resume", help="Continue this pretraining run folder."),
+        runs: Path = typer.Option(Path("runs"), "--runs", help="Root folder for new runs."),
+        run_dir: Path = typer.Option(None, "--run-dir", help="Exact folder for the new run."),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        export: Path = typer.Option(None, "--export", help="Also copy the final checkpoint here (what recipes use)."),
+    ) -> None:
+        _pretrain(kind, recipe, sets, code, resume, runs, run_dir, quiet, export)
+
+    command.__doc__ = f"{summary}\n\n    Example: [bold]{example}[/]\n    "
+    command.__name__ = f"pretrain_{kind}"
+    return command
+
+
+pretrain_app.command("damsm")(
+    _pretrain_command(
+        "damsm",
+        "Train the DAMSM text and image encoders (word + sentence matching), as the originals.",
+        "t2i pretrain damsm dmgan_shapes --set pretrain.damsm.epochs=5",
+    )
 )
-
-
-@pretrain_app.command("damsm")
-@user_errors
-def pretrain_damsm(
-    recipe: str = typer.Argument(None, help="Recipe (its [pretrain.damsm] section and model encoders)."),
-    sets: list[str] = SetOption,
-    code: list[Path] = CodeOption,
-    resume: Path = _PRETRAIN_OPTIONS["resume"],
-    runs: Path = _PRETRAIN_OPTIONS["runs"],
-    run_dir: Path = _PRETRAIN_OPTIONS["run_dir"],
-    quiet: bool = _PRETRAIN_OPTIONS["quiet"],
-    export: Path = _PRETRAIN_OPTIONS["export"],
-) -> None:
-    """Train the DAMSM text and image encoders (word + sentence matching), as the originals.
-
-    Example: [bold]t2i pretrain damsm dmgan_shapes --set pretrain.damsm.epochs=5[/]
-    """
-    _pretrain("damsm", recipe, sets, code, resume, runs, run_dir, quiet, export)
-
-
-@pretrain_app.command("stream")
-@user_errors
-def pretrain_stream(
-    recipe: str = typer.Argument(None, help="Recipe (its [pretrain.stream] section and model.captioner)."),
-    sets: list[str] = SetOption,
-    code: list[Path] = CodeOption,
-    resume: Path = _PRETRAIN_OPTIONS["resume"],
-    runs: Path = _PRETRAIN_OPTIONS["runs"],
-    run_dir: Path = _PRETRAIN_OPTIONS["run_dir"],
-    quiet: bool = _PRETRAIN_OPTIONS["quiet"],
-    export: Path = _PRETRAIN_OPTIONS["export"],
-) -> None:
-    """Train the STREAM captioner (teacher forcing) with the data set's vocabulary.
-
-    Example: [bold]t2i pretrain stream mirrorgan_shapes --set pretrain.stream.epochs=3[/]
-    """
-    _pretrain("stream", recipe, sets, code, resume, runs, run_dir, quiet, export)
+pretrain_app.command("stream")(
+    _pretrain_command(
+        "stream",
+        "Train the STREAM captioner (teacher forcing) with the data set's vocabulary.",
+        "t2i pretrain stream mirrorgan_shapes --set pretrain.stream.epochs=3",
+    )
+)
 
 
 @user_errors
