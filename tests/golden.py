@@ -138,3 +138,18 @@ def to_double(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_double(v) for v in obj)
     return obj
+
+
+def precision(fx: dict[str, Any], double: bool) -> tuple[torch.dtype, dict[str, Any], dict[str, Any]]:
+    """(dtype, inputs, reference outputs) of a fixture for the float64 proof or the float32 smoke test."""
+    if double:
+        return torch.float64, to_double(fx["inputs"]), fx["outputs_f64"]
+    return torch.float32, fx["inputs"], fx["outputs"]
+
+
+def check(ours: Any, ref: Any, fx: dict[str, Any], double: bool, name: str) -> None:
+    """Compare with the README's measure for the chosen precision."""
+    if double:
+        assert_close_f64(ours, ref, name)
+    else:
+        assert_close_f32(ours, ref, fx["f32_error"], name)

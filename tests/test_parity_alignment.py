@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from golden import assert_close_f32, assert_close_f64, fixture_params, load, to_double
+from golden import check, fixture_params, load, precision
 
 import t2i.encoders.damsm_image  # noqa: F401  (registers before conftest snapshots the registries)
 import t2i.encoders.stream_captioner  # noqa: F401
@@ -26,19 +26,6 @@ from t2i.registry import get_registry
 PRECISIONS = pytest.mark.parametrize("double", [True, False], ids=["f64", "f32"])
 
 
-def _precision(fx: dict[str, Any], double: bool) -> tuple[torch.dtype, dict[str, Any], dict[str, Any]]:
-    if double:
-        return torch.float64, to_double(fx["inputs"]), fx["outputs_f64"]
-    return torch.float32, fx["inputs"], fx["outputs"]
-
-
-def _check(ours: Any, ref: Any, fx: dict[str, Any], double: bool, name: str) -> None:
-    if double:
-        assert_close_f64(ours, ref, name)
-    else:
-        assert_close_f32(ours, ref, fx["f32_error"], name)
-
-
 @functools.lru_cache(maxsize=4)
 def _inception_encoder(text_dim: int) -> torch.nn.Module:
     # Building Inception-v3 costs seconds on 2 cores: once per width, reused by every fixture.
@@ -49,7 +36,7 @@ def _inception_encoder(text_dim: int) -> torch.nn.Module:
 @pytest.mark.parametrize("path", fixture_params("*__cnn_encoder_proj*.pt"))
 def test_cnn_encoder_proj(path, double):
     fx = load(path)
-    dtype, inputs, ref = _precision(fx, double)
+    dtype, inputs, ref = precision(fx, double)
     text_dim = int(fx["config"]["TEXT.EMBEDDING_DIM"]) if fx["config"].get("TRAIN.FLAG", True) else 256
     encoder = _inception_encoder(text_dim)
     missing, unexpected = encoder.load_state_dict(to_t2i("image_encoder", fx["state_dict"]), strict=False)
@@ -58,14 +45,14 @@ def test_cnn_encoder_proj(path, double):
     with torch.no_grad():
         regions, global_code = encoder.project(inputs["mixed_6e"], inputs["pooled_2048"])
     encoder.float()
-    _check({"words_features": regions, "sent_code": global_code}, ref, fx, double, path.stem)
+    check({"words_features": regions, "sent_code": global_code}, ref, fx, double, path.stem)
 
 
 @PRECISIONS
 @pytest.mark.parametrize("path", fixture_params("*__words_loss*.pt"))
 def test_words_loss(path, double):
     fx = load(path)
-    _, inputs, ref = _precision(fx, double)
+    _, inputs, ref = precision(fx, double)
     cfg = fx["config"]
     gammas = (cfg["TRAIN.SMOOTH.GAMMA1"], cfg["TRAIN.SMOOTH.GAMMA2"], cfg["TRAIN.SMOOTH.GAMMA3"])
     assert torch.equal(inputs["labels"], torch.arange(len(inputs["labels"])))
@@ -84,14 +71,14 @@ def test_words_loss(path, double):
         "noclass_loss0": noclass0,
         "noclass_loss1": noclass1,
     }
-    _check(ours, ref, fx, double, path.stem)
+    check(ours, ref, fx, double, path.stem)
 
 
 @PRECISIONS
 @pytest.mark.parametrize("path", fixture_params("*__sent_loss*.pt"))
 def test_sent_loss(path, double):
     fx = load(path)
-    _, inputs, ref = _precision(fx, double)
+    _, inputs, ref = precision(fx, double)
     gamma3 = fx["config"]["TRAIN.SMOOTH.GAMMA3"]
     cnn_code = inputs["cnn_code"].clone().requires_grad_(True)
     rnn_code = inputs["rnn_code"].clone().requires_grad_(True)
@@ -107,19 +94,19 @@ def test_sent_loss(path, double):
         "noclass_loss0": noclass0,
         "noclass_loss1": noclass1,
     }
-    _check(ours, ref, fx, double, path.stem)
+    check(ours, ref, fx, double, path.stem)
 
 
 @PRECISIONS
 @pytest.mark.parametrize("path", fixture_params("*__kl_loss*.pt"))
 def test_kl_loss(path, double):
     fx = load(path)
-    _, inputs, ref = _precision(fx, double)
+    _, inputs, ref = precision(fx, double)
     mu = inputs["mu"].clone().requires_grad_(True)
     logvar = inputs["logvar"].clone().requires_grad_(True)
     kl = kl_loss(mu, logvar)
     kl.backward()
-    _check({"kl": kl, "grad_mu": mu.grad, "grad_logvar": logvar.grad}, ref, fx, double, path.stem)
+    check({"kl": kl, "grad_mu": mu.grad, "grad_logvar": logvar.grad}, ref, fx, double, path.stem)
 
 
 def _strip(state: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -134,7 +121,7 @@ def _strip(state: dict[str, Any], prefix: str) -> dict[str, Any]:
 )
 def test_stream(path, double):
     fx = load(path)
-    dtype, inputs, ref = _precision(fx, double)
+    dtype, inputs, ref = precision(fx, double)
     cfg = fx["config"]
     captioner = get_registry("captioner").build(
         "stream.v1",
@@ -165,7 +152,7 @@ def test_stream(path, double):
         "packed_batch_sizes": batch_sizes,
         "caption_ce": ce,
     }
-    _check(ours, ref, fx, double, path.stem)
+    check(ours, ref, fx, double, path.stem)
     samples = captioner.sample(features, max_length=5)
     assert samples.shape == (captions.shape[0], 5) and samples.dtype == torch.int64
 

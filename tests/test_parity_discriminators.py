@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from golden import assert_close_f32, assert_close_f64, fixture_params, load, to_double
+from golden import check, fixture_params, load, precision
 
 import t2i.models.discriminator  # noqa: F401  (registers bn.v1 / sn.v1 before conftest snapshots the registries)
 from t2i.batch import TextFeatures
@@ -56,24 +56,11 @@ def _state_after(modules: dict[str, torch.nn.Module], ref: dict[str, Any]) -> di
     return {k: ours[k] for k in ref}
 
 
-def _precision(fx: dict[str, Any], double: bool) -> tuple[torch.dtype, dict[str, Any], dict[str, Any]]:
-    if double:
-        return torch.float64, to_double(fx["inputs"]), fx["outputs_f64"]
-    return torch.float32, fx["inputs"], fx["outputs"]
-
-
-def _check(ours: Any, ref: Any, fx: dict[str, Any], double: bool, name: str) -> None:
-    if double:
-        assert_close_f64(ours, ref, name)
-    else:
-        assert_close_f32(ours, ref, fx["f32_error"], name)
-
-
 @pytest.mark.parametrize("double", [True, False], ids=["f64", "f32"])
 @pytest.mark.parametrize("path", fixture_params("*__d_net__*.pt"))
 def test_d_net(path, double):
     fx = load(path)
-    dtype, inputs, ref = _precision(fx, double)
+    dtype, inputs, ref = precision(fx, double)
     D = _build_d(fx["state_dict"], fx["config"], int(fx["config"]["arg.res"]), dtype)
     D.train(fx["mode"] == "train")
     features = D(inputs["img"])
@@ -81,14 +68,14 @@ def test_d_net(path, double):
     if "uncond_logits" in ref:
         ours["uncond_logits"] = D.uncond_logits(features)
     ours["state_after"] = _state_after({"": D}, ref["state_after"])
-    _check(ours, ref, fx, double, path.stem)
+    check(ours, ref, fx, double, path.stem)
 
 
 @pytest.mark.parametrize("double", [True, False], ids=["f64", "f32"])
 @pytest.mark.parametrize("path", fixture_params("*__discriminator_loss*.pt"))
 def test_discriminator_loss(path, double):
     fx = load(path)
-    dtype, inputs, ref = _precision(fx, double)
+    dtype, inputs, ref = precision(fx, double)
     D = _build_d(_strip(fx["state_dict"], "netD."), fx["config"], inputs["real_imgs"].shape[-1], dtype)
     D.train(fx["mode"] == "train")
     conditions = inputs["conditions"].clone().requires_grad_(True)
@@ -103,7 +90,7 @@ def test_discriminator_loss(path, double):
         "state_after": _state_after({"netD.": D}, ref["state_after"]),
     }
     assert set(ref["grad_params"]) == {"netD." + k for k, p in D.named_parameters() if p.requires_grad}
-    _check(ours, {k: v for k, v in ref.items() if k != "log"}, fx, double, path.stem)
+    check(ours, {k: v for k, v in ref.items() if k != "log"}, fx, double, path.stem)
     if "log" in ref:  # DM-GAN's 'Real_Acc: %.4f Fake_Acc: %.4f '
         assert ref["log"] == f"Real_Acc: {float(logs['real_acc']):.4f} Fake_Acc: {float(logs['fake_acc']):.4f} "
 
@@ -169,7 +156,7 @@ def _alignment_terms(fx, inputs, dtype, text):
 @pytest.mark.parametrize("path", fixture_params("*__generator_loss*.pt"))
 def test_generator_loss(path, double):
     fx = load(path)
-    dtype, inputs, ref = _precision(fx, double)
+    dtype, inputs, ref = precision(fx, double)
     state = fx["state_dict"]
     num_d = len({k.split(".")[1] for k in state if k.startswith("netsD.")})
     size = inputs["fake_img"].shape[-1]
@@ -205,7 +192,7 @@ def test_generator_loss(path, double):
         ours["grad_words_embs"] = words.grad
     for name, tensor in grad_inputs.items():
         ours[name] = tensor.grad
-    _check(ours, {k: v for k, v in ref.items() if k != "logs"}, fx, double, path.stem)
+    check(ours, {k: v for k, v in ref.items() if k != "logs"}, fx, double, path.stem)
 
 
 @pytest.mark.parametrize("name", ["bn.v1", "sn.v1"])
