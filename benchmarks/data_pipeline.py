@@ -101,7 +101,7 @@ def throughput(dataset, collate, workers: int, epochs: int) -> float:
 
 def shapes_rates(n: int, repeats: int) -> tuple[float, float, float]:
     """Shapes at 64 px: in-memory draw + PNG encode (one process), and make_shapes to disk with 1 and 2 workers."""
-    from t2i.data.shapes import make_shapes, png_bytes, render_images
+    from t2i.data.shapes_gen import make_shapes, png_bytes, render_images
 
     memory, disk1, disk2 = [], [], []
     with tempfile.TemporaryDirectory() as tmp:

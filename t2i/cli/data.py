@@ -98,7 +98,7 @@ def make_shapes_cmd(
 
     Example: [bold]t2i data make-shapes data/shapes --n 2000 --seed 0 --size 64[/]
     """
-    from t2i.data.shapes import make_shapes
+    from t2i.data.shapes_gen import make_shapes
 
     if size not in (64, 128, 256):
         raise UserError(f"--size must be 64, 128 or 256, got {size}")

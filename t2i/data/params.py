@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field
 
+from t2i.data.layout_spec import COCO_LAYOUT, CUB_LAYOUT, LayoutSpec
 from t2i.registry import Params
 
 __all__ = ["COCO_LAYOUT", "CUB_LAYOUT", "DatasetParams", "LayoutSpec"]
@@ -25,20 +25,3 @@ class DatasetParams(Params):
     crop_bbox: bool = Field(False, description="CUB square crop around the bird's bounding box before resizing")
     skip_bad: bool = Field(False, description="skip (and report) unreadable images instead of stopping")
     flip: bool = Field(True, description="random horizontal flip of every item, as the originals do")
-
-
-@dataclass(frozen=True)
-class LayoutSpec:
-    """Where a layout keeps its files, relative to the data root."""
-
-    name: str
-    images_dir: str
-    text_dir: str = "text"
-    bbox_dir: str | None = None  # holds images.txt + bounding_boxes.txt
-    pickle_names: tuple[str, ...] = ("captions.pickle",)
-
-
-CUB_LAYOUT = LayoutSpec(
-    "cub", "CUB_200_2011/images", bbox_dir="CUB_200_2011", pickle_names=("captions.pickle", "bird_captions.pickle")
-)
-COCO_LAYOUT = LayoutSpec("coco", "images")
