@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from t2i import registry
 
@@ -152,6 +152,20 @@ class TrainSection(Section):
     nan_policy: Literal["stop", "skip"] = "stop"
     deterministic: bool = False
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    recompute: list[str] = Field(
+        ["discriminators", "generator.init_stage"],
+        description='recomputed in backward to save memory (same values): "discriminators" during the G update, '
+        '"generator.<submodule path>"; [] keeps every activation',
+    )
+
+    @field_validator("recompute")
+    @classmethod
+    def _recompute_targets(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item != "discriminators" and not (item.startswith("generator.") and len(item) > len("generator.")):
+                raise ValueError(f'{item!r}: use "discriminators" or "generator.<submodule path>" (e.g. '
+                                 '"generator.init_stage")')  # fmt: skip
+        return value
 
 
 class DamsmPretrainSection(Section):

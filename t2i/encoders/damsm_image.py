@@ -19,6 +19,7 @@ synthetic data set (no ImageNet weights needed).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -61,11 +62,48 @@ class DamsmInceptionParams(Params):
     align_corners: bool = Field(True, description="align_corners of the bilinear resize to 299 (Q9; recipes pick).")
 
 
-def _load_inception(weights: str | None) -> nn.Module:
-    from torchvision.models import inception_v3
+@functools.cache
+def _folding_basic_conv():
+    """torchvision's ``BasicConv2d`` (conv -> BN(ε 1e-3) -> ReLU; same parameters and keys) that folds its BN into
+    the conv in eval mode: one conv with bias, then an in-place ReLU. The same function to float rounding, with one
+    pass over the activations less, and one tensor less kept for backward: the frozen encoder runs on every
+    generator step, and backward runs through it to the image (issue 8)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+    from torchvision.models.inception import BasicConv2d
 
+    class FoldingBasicConv2d(BasicConv2d):
+        def forward(self, x: Tensor) -> Tensor:
+            if self.bn.training or any(p.requires_grad for p in self.parameters()):
+                return super().forward(x)
+            weight, bias = self.folded()
+            c = self.conv
+            return F.relu(F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups), inplace=True)
+
+        def folded(self) -> tuple[Tensor, Tensor]:
+            """W·s and β − μ·s with s = γ / √(σ² + ε), cached until a weight or statistic changes (e.g. a load)."""
+            conv, bn = self.conv, self.bn
+            tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+            key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+            if getattr(self, "_fold_key", None) != key:
+                with torch.no_grad():
+                    self._folded = fuse_conv_bn_weights(conv.weight, None, *tensors[3:], bn.eps, *tensors[1:3])
+                self._fold_key = key
+            return self._folded
+
+    return FoldingBasicConv2d
+
+
+def _inception(**kwargs) -> nn.Module:
+    from torchvision.models import inception as tv
+
+    blocks = [_folding_basic_conv(), tv.InceptionA, tv.InceptionB, tv.InceptionC, tv.InceptionD, tv.InceptionE,
+              tv.InceptionAux]  # fmt: skip
+    return tv.inception_v3(weights=None, aux_logits=False, init_weights=False, inception_blocks=blocks, **kwargs)
+
+
+def _load_inception(weights: str | None) -> nn.Module:
     if weights is None:
-        return inception_v3(weights=None, aux_logits=False, init_weights=False)
+        return _inception()
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -73,7 +111,7 @@ def _load_inception(weights: str | None) -> nn.Module:
             f"torchvision's {INCEPTION_FILE} from {INCEPTION_URL} yourself and put it at that path (or set the "
             "image encoder's `weights` param to where it is)."
         )
-    model = inception_v3(weights=None, aux_logits=False, init_weights=False)
+    model = _inception()
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing, _ = model.load_state_dict(state, strict=False)  # AuxLogits.* / fc.* are not used
     missing = [k for k in missing if k.split(".")[0] in TRUNK_LAYERS]

@@ -3,7 +3,9 @@
 G(z, s, words, mask) = conditioning augmentation (§6.1) → first stage (§6.2) → for every further
 stage: refiner (from the recipe) → R × ResBlock(2g) → upBlock(2g → g) (§6.3), with an image head
 (conv3x3 → tanh) after every stage. Stage i works at ``base_size · 2**i``. The generator knows
-refiners only through their contract ``refiner(h, words, mask, c_code) -> (B×2g×H×W, B×T×H×W)``.
+refiners only through their contract ``refiner(h, words, mask, c_code) -> (B×2g×H×W, B×T×H×W)``; a refiner
+whose output is always ``[r; r]`` may also offer ``forward_half(...) -> (r, map)``, which the stage then uses to
+skip the doubled tensor and half of the first residual conv (same function, issue 8).
 
 ``init_weights`` is the originals' ``weights_init`` (§9); the training loop calls it, not
 ``__init__``, so that loading a checkpoint or fixture starts from the module as constructed.
@@ -76,8 +78,15 @@ class RefinementStage(nn.Module):
         self.upsample = up_block(gf_dim * 2, gf_dim)
 
     def forward(self, h: Tensor, words: Tensor, mask: Tensor | None, c_code: Tensor) -> tuple[Tensor, Tensor]:
-        joined, attention = self.refiner(h, words, mask, c_code)  # (B, 2g, H, W), (B, T, H, W)
-        return self.upsample(self.residual(joined)), attention
+        forward_half = getattr(self.refiner, "forward_half", None)
+        if forward_half is not None and len(self.residual):
+            # The refiner's output is [r; r] (DM-GAN, Q2): the first residual block takes r and folds the doubling.
+            r, attention = forward_half(h, words, mask, c_code)  # (B, g, H, W), (B, T, H, W)
+            x = self.residual[1:](self.residual[0].forward_doubled(r))
+        else:
+            joined, attention = self.refiner(h, words, mask, c_code)  # (B, 2g, H, W), (B, T, H, W)
+            x = self.residual(joined)
+        return self.upsample(x), attention
 
 
 @dataclass

@@ -80,11 +80,15 @@ class DynamicMemory(nn.Module):
         return out, alpha.reshape(batch, -1, height, width)
 
     def forward(self, h: Tensor, words: Tensor, mask: Tensor | None, c_code: Tensor) -> tuple[Tensor, Tensor]:
+        h_new, alpha = self.forward_half(h, words, mask, c_code)
+        return torch.cat((h_new, h_new), dim=1), alpha  # duplicated on purpose (Q2)
+
+    def forward_half(self, h: Tensor, words: Tensor, mask: Tensor | None, c_code: Tensor) -> tuple[Tensor, Tensor]:
+        """r^new (B, g, H, W) and α: ``forward`` without the duplication (the generator folds it, issue 8)."""
         memory, _ = self.write(h, words)
         out, alpha = self.read(h, memory, mask)
         gate = self.response_gate(torch.cat((h, out), dim=1))  # g^r (B, 1, H, W)
-        h_new = h * (1 - gate) + gate * out
-        return torch.cat((h_new, h_new), dim=1), alpha  # duplicated on purpose (Q2)
+        return h * (1 - gate) + gate * out, alpha
 
 
 register(

@@ -52,6 +52,11 @@ class GlobalLocalDynamicMemory(DynamicMemory):
         self._add_unused_conv(params, g)
 
     def forward(self, h: Tensor, words: Tensor, mask: Tensor | None, c_code: Tensor) -> tuple[Tensor, Tensor]:
+        h_new, alpha = self.forward_half(h, words, mask, c_code)
+        return torch.cat((h_new, h_new), dim=1), alpha  # duplicated as in DM-GAN (Q2)
+
+    def forward_half(self, h: Tensor, words: Tensor, mask: Tensor | None, c_code: Tensor) -> tuple[Tensor, Tensor]:
+        """r^new (B, g, H, W) and the local α: ``forward`` without the duplication (the generator folds it)."""
         memory, r_bar = self.write(h, words)
         out, alpha = self.read(h, memory, mask)  # local: (B, g, H, W), (B, T, H, W)
 
@@ -63,8 +68,7 @@ class GlobalLocalDynamicMemory(DynamicMemory):
         out_c = beta * value_c  # ō (B, g, H, W)
 
         gates = self.response_gate(torch.cat((h, out, out_c), dim=1))  # (B, 3, H, W)
-        h_new = gates[:, 0:1] * h + gates[:, 1:2] * out + gates[:, 2:3] * out_c
-        return torch.cat((h_new, h_new), dim=1), alpha
+        return gates[:, 0:1] * h + gates[:, 1:2] * out + gates[:, 2:3] * out_c, alpha
 
 
 register(

@@ -7,6 +7,7 @@ Loss terms come from the recipe; the loop never branches on which ones are prese
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import signal
@@ -27,7 +28,7 @@ from t2i.train import checkpoint as ckpt
 from t2i.train import rng
 from t2i.train.data import make_loader
 from t2i.train.ema import EMA, ema_decay
-from t2i.train.networks import Networks, build_networks
+from t2i.train.networks import Networks, SetupError, build_networks
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
 
@@ -120,6 +121,7 @@ class GANTrainer:
         self.best: dict[str, float] = {}
         self.g_model: nn.Module = self.nets.generator
         self.d_models: list[nn.Module] = list(self.nets.discriminators)
+        self.d_for_g = self._recompute_setup(t.recompute)  # how the G update calls each D
         if resume is not None:
             self.load_state(resume)
         if world > 1:
@@ -197,6 +199,31 @@ class GANTrainer:
             f'{self.run.checkpoints / "last.pt"} (set train.nan_policy = "skip" to skip such batches instead)'
         )
 
+    def _recompute_setup(self, targets: list[str]) -> list[Any]:
+        """Install ``train.recompute`` (t2i/train/recompute.py); -> the discriminators as the G update calls them.
+
+        The G update calls each D's own module, not a DDP wrapper: nothing there needs D's gradients synchronised.
+        """
+        from t2i.train.recompute import Recomputed, mutable_state, recompute_forward
+
+        cores = [d.module if hasattr(d, "module") else d for d in self.d_models]
+        for target in targets:
+            if target == "discriminators":
+                continue
+            path = target.removeprefix("generator.")
+            try:
+                module = self.nets.generator.get_submodule(path)
+            except AttributeError:
+                children = ", ".join(name for name, _ in self.nets.generator.named_children())
+                raise SetupError(
+                    f"train.recompute: the generator has no submodule {path!r} (its children: {children})"
+                ) from None
+            state, plain = mutable_state(module), module.forward
+            module.forward = functools.partial(recompute_forward, plain, state)  # instance attribute; keys unchanged
+        if "discriminators" in targets:
+            return [Recomputed(d) for d in cores]
+        return cores
+
     def train_step(self, batch: Batch) -> dict[str, float] | None:
         nets, adv = self.nets, self.nets.adversarial
         batch = batch.to(self.device)
@@ -225,10 +252,9 @@ class GANTrainer:
         # G update: D weights get no gradients (nothing would use them; the originals computed and discarded them).
         self.opt_g.zero_grad(set_to_none=True)
         terms: dict[str, Tensor] = {}
-        for i, d in enumerate(self.d_models):
+        for i, d in enumerate(self.d_for_g):
             _set_requires_grad(self.d_trainable[i], False)
-            core = d.module if hasattr(d, "module") else d
-            loss_g, _ = adv.generator_loss(core, out.images[i], text.sentence)
+            loss_g, _ = adv.generator_loss(d, out.images[i], text.sentence)
             terms[f"G{i}"] = loss_g
         for name, term in zip(nets.alignment_names, nets.alignment, strict=True):
             value, sub = term(out.images[-1], text)

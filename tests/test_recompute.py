@@ -1,0 +1,65 @@
+"""``train.recompute``: recomputing activations in backward changes nothing but memory (issue 8)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2i import bench
+from t2i.recipe import RecipeError, load
+from t2i.train.loop import GANTrainer
+from t2i.train.networks import SetupError
+from t2i.train.run_dir import RunDir
+
+TINY = ["data.batch_size=4", "model.gf_dim=4", "model.df_dim=4", "model.text_dim=8", "model.base_size=16",
+        "model.stages=3", 'train.pretrained.text_encoder="random"']  # fmt: skip
+
+
+def trainer(recipe: str, recompute: str, extra: list[str]) -> tuple[GANTrainer, object]:
+    r = load(recipe, [*TINY, *extra, f"train.recompute={recompute}"])
+    torch.manual_seed(0)
+    vocab = bench.synthetic_vocab(50)
+    run = RunDir(Path(tempfile.mkdtemp(prefix="t2i_recompute_")))
+    return GANTrainer(r, run, bench.SyntheticCaptions(vocab, 18), quiet=True), vocab
+
+
+def state(t: GANTrainer) -> dict[str, torch.Tensor]:
+    out = dict(t.nets.generator.state_dict())
+    for i, d in enumerate(t.nets.discriminators):
+        out.update({f"D{i}.{k}": v for k, v in d.state_dict().items()})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("recipe", "extra"),
+    [
+        ("dmgan_shapes", ['train.pretrained.image_encoder="random"']),  # spectral-norm Ds: u, v change per call
+        ("attngan_shapes", ['train.pretrained.image_encoder="random"']),  # BatchNorm Ds: running statistics
+    ],
+)
+def test_recomputed_training_equals_plain_training(recipe, extra):
+    torch.set_default_dtype(torch.float64)
+    try:
+        fast, vocab = trainer(recipe, '["discriminators", "generator.init_stage"]', extra)
+        plain, _ = trainer(recipe, "[]", extra)
+        for step in range(2):
+            batch = bench.synthetic_batch(fast.recipe.stage_sizes(), 4, vocab, 18, seed=step)
+            a, b = fast.train_step(batch), plain.train_step(batch)
+            assert a.keys() == b.keys()
+            for key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-12, abs=1e-12), key
+        sa, sb = state(fast), state(plain)
+        for key in sa:
+            torch.testing.assert_close(sa[key], sb[key], rtol=1e-12, atol=1e-12, msg=key)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_recompute_targets_are_checked():
+    with pytest.raises(RecipeError, match="generator.<submodule path>"):
+        load("dmgan_shapes", ['train.recompute=["encoder"]'])
+    with pytest.raises(SetupError, match="no submodule 'first_stage'.*init_stage"):
+        trainer("dmgan_shapes", '["generator.first_stage"]', ['train.pretrained.image_encoder="random"'])
