@@ -153,9 +153,9 @@ class TrainSection(Section):
     deterministic: bool = False
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     recompute: list[str] = Field(
-        ["discriminators", "generator.init_stage"],
+        [],
         description='recomputed in backward to save memory (same values): "discriminators" during the G update, '
-        '"generator.<submodule path>"; [] keeps every activation',
+        '"generator.<submodule path>"; [] (default) keeps every activation',
     )
 
     @field_validator("recompute")

@@ -1,15 +1,16 @@
-"""Activation recomputation for modules whose forward changes their own state (issue 8: training memory).
+"""Activation recomputation for modules whose forward changes their own state (``train.recompute``, issue 8).
 
 ``torch.utils.checkpoint`` keeps only a region's inputs and runs the region again during backward. The generator's
 BatchNorm layers update running statistics and the DM-GAN discriminators' spectral norm runs a power iteration on
 every call (models.md §7, §12 Q14), so a plain re-run would move that state a second time and compute with other
-values. Here the state at the start of the forward is kept (a few small tensors), written back before the re-run,
-and the re-run, being the same deterministic computation from the same state, ends in the state the forward left.
-Values, gradients and state are those of the plain forward (``tests/test_recompute.py``).
+values. Here the state at the start of the forward is kept (a few small tensors) and written back before the
+re-run; the re-run, the same deterministic computation from the same state, ends where the forward ended, and then
+the state as it was just before the re-run is written back (it may include changes made after the region, e.g. by
+a discriminator's logit heads). Values, gradients and state equal the plain forward's (``tests/test_recompute.py``).
 
-Which regions: the ones whose saved activations are still alive when backward reaches its memory peak but are
-cheap to recompute — every discriminator during the generator update (1.6 GFLOP per image at 256² in DM-GAN, yet
-about half a gigabyte of activations at batch 10) and the generator's first stage (2 % of a step's FLOPs, 0.6 GB).
+What it saves depends on where backward peaks: in the training loop the peak is in the generator's last-stage
+backward, when the discriminators' and encoders' activations are already freed, so only generator parts that are
+still alive then (earlier stages) lower it; see docs/training.md for measured numbers.
 """
 
 from __future__ import annotations
