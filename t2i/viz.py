@@ -133,7 +133,7 @@ def _line_height(font: Font) -> int:
 
 
 def _wrap(text: str, font: Font, width: int) -> list[str]:
-    """Greedy word wrap to ``width`` pixels; words longer than a line are split by characters."""
+    """Greedy word wrap to ``width`` pixels; words longer than a line are split after + - _ / . : or anywhere."""
     lines: list[str] = []
     current = ""
     for word in text.split():
@@ -148,6 +148,8 @@ def _wrap(text: str, font: Font, width: int) -> list[str]:
             cut = len(word) - 1
             while cut > 1 and _text_width(word[:cut], font) > width:
                 cut -= 1
+            joint = max(word.rfind(c, 0, cut) for c in "+-_/.:")  # break after a joint ("damsm+" / "stream")
+            cut = joint + 1 if joint > 0 else cut
             lines.append(word[:cut])
             word = word[cut:]
         current = word
