@@ -236,8 +236,10 @@ def base_raw(spec: AblationSpec) -> tuple[dict[str, Any], recipe_mod.Recipe]:
 def ablation_folder(spec: AblationSpec, base: recipe_mod.Recipe) -> Path:
     if spec.out is not None:
         return Path(spec.out)
+    # The recipe as written (after extends and --set), not its validated dump: a t2i version that adds a setting
+    # with a default must not move finished ablations to a new folder.
     key = json.dumps(
-        {"recipe": base.to_toml(), "steps": spec.steps, "metrics": spec.metrics, "n": spec.n}, sort_keys=True
+        {"recipe": base.raw, "steps": spec.steps, "metrics": spec.metrics, "n": spec.n}, sort_keys=True, default=str
     )
     return spec.runs_root / "ablate" / f"{base.name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 

@@ -127,3 +127,18 @@ def test_tiny_ablation_with_a_user_refiner_writes_reports_and_skips_done_variant
     assert again.exit_code == 0, again.output
     assert again.output.count("done before, skipped") == 2
     assert (out / "refiner-dm" / "seed-0" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_folder_follows_the_recipe_as_written(monkeypatch):
+    from t2i.ablate import AblationSpec, ablation_folder, base_raw
+
+    spec = AblationSpec(base="dmgan_shapes")
+    base = base_raw(spec)[1]
+    folder = ablation_folder(spec, base)
+    # A t2i version whose validated recipe has a new setting (its dump changes) finds the same folder ...
+    monkeypatch.setattr(type(base), "to_toml", lambda self, resolved=True: "a dump with a new default")
+    monkeypatch.setattr(type(base), "to_dict", lambda self, resolved=True: {"new": "default"})
+    assert ablation_folder(spec, base) == folder
+    # ... while a change the user makes moves it.
+    changed = AblationSpec(base="dmgan_shapes", sets=["data.batch_size=8"])
+    assert ablation_folder(changed, base_raw(changed)[1]) != folder
