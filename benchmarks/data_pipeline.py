@@ -100,23 +100,14 @@ def throughput(dataset, collate, workers: int, epochs: int) -> float:
 
 
 def shapes_rates(n: int, repeats: int) -> tuple[float, float, float]:
-    """Shapes at 64 px: in-memory draw + PNG encode (one process), and make_shapes to disk with 1 and 2 workers."""
-    from t2i.data.shapes_gen import make_shapes, png_bytes, render_images
+    """Shapes at 64 px (medians): in-memory draw + PNG encode, make_shapes to disk with 1 and 2 workers."""
+    import sys
 
-    memory, disk1, disk2 = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(repeats):
-            start = time.perf_counter()
-            for first in range(0, n, 256):
-                images, _ = render_images(0, range(first, min(n, first + 256)), 64)
-                for image in images:
-                    png_bytes(image)
-            memory.append(n / (time.perf_counter() - start))
-            for workers, rates in ((1, disk1), (2, disk2)):
-                start = time.perf_counter()
-                make_shapes(Path(tmp) / f"s{r}-{workers}", n=n, seed=0, size=64, workers=workers)
-                rates.append(n / (time.perf_counter() - start))
-    return float(np.median(memory)), float(np.median(disk1)), float(np.median(disk2))
+    sys.path.insert(0, str(Path(__file__).parent))
+    from shapes_generation import measure  # the shapes benchmark itself; this script only summarises it
+
+    memory, rates, _ = measure(n, repeats, Path(tempfile.gettempdir()))
+    return float(np.median(memory)), float(np.median(rates[1])), float(np.median(rates[2]))
 
 
 def main() -> None:

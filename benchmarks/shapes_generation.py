@@ -39,34 +39,43 @@ def in_memory_rate(n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def measure(n: int, repeats: int, base: Path) -> tuple[list[float], dict[int, list[float]], dict[int, list]]:
+    """Per run: in-memory img/s; make_shapes img/s and (user, system) ms per image, for 1 and 2 workers.
+
+    The sets are written into a temporary folder under ``base`` and deleted after each run.
+    """
+    from t2i.data.shapes_gen import make_shapes
+
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="shapes-bench-", dir=base))
+    print(f"writing to {work.resolve()} (load average at start: {os.getloadavg()[0]:.2f})")
+    memory: list[float] = []
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    try:
+        for r in range(repeats):
+            memory.append(in_memory_rate(n))
+            for workers in (1, 2):
+                out = work / f"set-{r}-{workers}"
+                user0, sys0 = cpu_seconds()
+                start = time.perf_counter()
+                make_shapes(out, n=n, seed=0, size=64, workers=workers)
+                rates[workers].append(n / (time.perf_counter() - start))
+                user1, sys1 = cpu_seconds()
+                cpu[workers].append(((user1 - user0) / n * 1e3, (sys1 - sys0) / n * 1e3))
+                shutil.rmtree(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return memory, rates, cpu
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4000, help="images per set")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the sets (default: under ./runs)")
     args = parser.parse_args()
-    from t2i.data.shapes_gen import make_shapes
-
-    base = args.dir or Path("runs")
-    base.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="shapes-bench-", dir=base))
-    print(f"writing to {work.resolve()} (load average at start: {os.getloadavg()[0]:.2f})")
-    memory, rates = [], {1: [], 2: []}
-    cpu = {1: [], 2: []}
-    try:
-        for r in range(args.repeats):
-            memory.append(in_memory_rate(args.n))
-            for workers in (1, 2):
-                out = work / f"set-{r}-{workers}"
-                user0, sys0 = cpu_seconds()
-                start = time.perf_counter()
-                make_shapes(out, n=args.n, seed=0, size=64, workers=workers)
-                rates[workers].append(args.n / (time.perf_counter() - start))
-                user1, sys1 = cpu_seconds()
-                cpu[workers].append(((user1 - user0) / args.n * 1e3, (sys1 - sys0) / args.n * 1e3))
-                shutil.rmtree(out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    memory, rates, cpu = measure(args.n, args.repeats, args.dir or Path("runs"))
 
     def summary(values: list[float]) -> str:
         return f"{statistics.median(values):,.0f} img/s (range {min(values):,.0f}-{max(values):,.0f})"
