@@ -321,8 +321,7 @@ def run_variant(
     n: int | None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train one variant/seed in ``folder`` (resuming an interrupted run), evaluate it, write done.json."""
-    from t2i.evaluate import evaluate, metric_specs
-    from t2i.metrics.base import module_fingerprint
+    from t2i.evaluate import evaluate_trainer
     from t2i.train import checkpoint as ckpt
     from t2i.train import run_dir as run_dirs
     from t2i.train.loop import GANTrainer
@@ -339,26 +338,15 @@ def run_variant(
         run = run_dirs.create(recipe, run_dir=folder)
     trainer = GANTrainer(recipe, run, train_set, resume=resume, sample_dataset=test_set, quiet=True)
     trainer.fit()
-    trained_against = {"text_encoder": trainer.nets.text_encoder, **trainer.nets.frozen}
-    result = evaluate(
-        trainer.ema.model,
-        trainer.nets.text_encoder,
+    rows = evaluate_trainer(
+        trainer,
         test_set,
-        metric_specs(recipe, metric_names, test_set),
-        z_dim=recipe.model.z_dim,
-        cond_dim=recipe.model.cond_dim,
-        n=n or recipe.eval.n_samples,
-        batch_size=recipe.eval.batch_size,
-        seed=100,  # the evaluation seed is fixed across variants and training seeds
+        metrics=metric_names,
+        n=n,
         evaluators=evaluators,
-        training_network_hashes={k: module_fingerprint(v) for k, v in trained_against.items()},
-        run_info={"checkpoint": {"step": trainer.step, "path": str(run.checkpoints / "last.pt")}},
         skip_unavailable=metric_names is None,
+        checkpoint={"step": trainer.step, "path": str(run.checkpoints / "last.pt")},
     )
-    rows = [{**row, "step": trainer.step} for row in result.rows]
-    from t2i.evaluate import append_rows
-
-    append_rows(run.path / "eval.jsonl", rows)
     seconds = time.perf_counter() - start
     (folder / "done.json").write_text(
         json.dumps({"recipe": recipe.name, "seed": recipe.seed, "seconds": seconds, "rows": rows}, default=str) + "\n"

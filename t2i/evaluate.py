@@ -421,16 +421,23 @@ def evaluate_trainer(
     metrics: Sequence[str] | None = None,
     n: int | None = None,
     write: bool = True,
+    evaluators: dict[str, Any] | None = None,
+    skip_unavailable: bool = True,
+    checkpoint: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate a ``GANTrainer``'s EMA generator now (every ``[eval] every_steps`` steps); append to eval.jsonl.
 
-    The judges are the trainer's own text encoder and frozen networks (flagged ``judge_is_trainer``). Metrics
-    that need a network the run does not have are skipped. Returns the rows (each with ``step``).
+    The judges are ``evaluators`` or else the trainer's own text encoder and frozen networks (either way those are
+    the networks the generator trained against, so a judge among them is flagged ``judge_is_trainer``). With
+    ``skip_unavailable``, metrics that need a network the judges do not include are skipped. ``checkpoint`` is the
+    run record's checkpoint entry (default: in training, no file). Returns the rows (each with ``step``).
     """
     recipe = trainer.recipe
     nets = trainer.nets
-    evaluators = {"text_encoder": nets.text_encoder, **nets.frozen}
-    hashes = {role: module_fingerprint(net) for role, net in evaluators.items()}
+    trained_against = {"text_encoder": nets.text_encoder, **nets.frozen}
+    hashes = {role: module_fingerprint(net) for role, net in trained_against.items()}
+    if checkpoint is None:
+        checkpoint = {"step": trainer.step, "path": None, "sha256": None, "in_training": True}
     result = evaluate(
         trainer.ema.model,
         nets.text_encoder,
@@ -442,10 +449,10 @@ def evaluate_trainer(
         batch_size=recipe.eval.batch_size,
         seed=100,  # the same evaluation seed as `t2i eval`, so rows of a run share protocol ids
         device=trainer.device,
-        evaluators=evaluators,
+        evaluators=trained_against if evaluators is None else evaluators,
         training_network_hashes=hashes,
-        run_info={"checkpoint": {"step": trainer.step, "path": None, "sha256": None, "in_training": True}},
-        skip_unavailable=True,
+        run_info={"checkpoint": checkpoint},
+        skip_unavailable=skip_unavailable,
     )
     rows = [{**row, "step": trainer.step} for row in result.rows]
     if write:
