@@ -202,11 +202,11 @@ class GANTrainer:
     def _recompute_setup(self, targets: list[str]) -> list[Any]:
         """Install ``train.recompute`` (t2i/train/recompute.py); -> the discriminators as the G update calls them.
 
-        The G update calls each D's own module, not a DDP wrapper: nothing there needs D's gradients synchronised.
+        The G update calls each D's own module, never its DDP wrapper: nothing there needs D's gradients synchronised.
         """
         from t2i.train.recompute import Recomputed, mutable_state, recompute_forward
 
-        cores = [d.module if hasattr(d, "module") else d for d in self.d_models]
+        cores = list(self.nets.discriminators)
         for target in targets:
             if target == "discriminators":
                 continue
