@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from t2i.models.frozen_ops import frozen_conv_relu
 from t2i.registry import Params, register
 
 __all__ = ["DamsmInceptionEncoder", "DamsmInceptionParams", "SmallCnnEncoder", "SmallCnnParams"]
@@ -66,8 +67,8 @@ class DamsmInceptionParams(Params):
 def _folding_basic_conv():
     """torchvision's ``BasicConv2d`` (conv -> BN(ε 1e-3) -> ReLU; same parameters and keys) that folds its BN into
     the conv in eval mode: one conv with bias, then an in-place ReLU. The same function to float rounding, with one
-    pass over the activations less, and one tensor less kept for backward: the frozen encoder runs on every
-    generator step, and backward runs through it to the image (issue 8)."""
+    pass over the activations less; for backward it keeps only the ReLU's bool mask (``frozen_conv_relu``): the
+    frozen encoder runs on every generator step, and backward runs through it to the image (issue 8)."""
     from torch.nn.utils.fusion import fuse_conv_bn_weights
     from torchvision.models.inception import BasicConv2d
 
@@ -77,7 +78,7 @@ def _folding_basic_conv():
                 return super().forward(x)
             weight, bias = self.folded()
             c = self.conv
-            return F.relu(F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups), inplace=True)
+            return frozen_conv_relu(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
 
         def folded(self) -> tuple[Tensor, Tensor]:
             """W·s and β − μ·s with s = γ / √(σ² + ε), cached until a weight or statistic changes (e.g. a load)."""
@@ -96,8 +97,11 @@ def _folding_basic_conv():
 def _inception(**kwargs) -> nn.Module:
     from torchvision.models import inception as tv
 
-    blocks = [_folding_basic_conv(), tv.InceptionA, tv.InceptionB, tv.InceptionC, tv.InceptionD, tv.InceptionE,
-              tv.InceptionAux]  # fmt: skip
+    conv = _folding_basic_conv()
+    # Inception3 hands inception_blocks[0] to the stem only: the Mixed blocks get it through their own conv_block
+    mixed = [functools.partial(block, conv_block=conv) for block in
+             (tv.InceptionA, tv.InceptionB, tv.InceptionC, tv.InceptionD, tv.InceptionE, tv.InceptionAux)]  # fmt: skip
+    blocks = [conv, *mixed]
     return tv.inception_v3(weights=None, aux_logits=False, init_weights=False, inception_blocks=blocks, **kwargs)
 
 

@@ -1,0 +1,46 @@
+"""Ops for frozen layers that backward runs through to their input only (issue 8, memory).
+
+A frozen network still sits in the generator's graph: the DAMSM image encoder scores the fake images, so backward
+runs through it to the pixels. Autograd's conv keeps its input for backward even when the weight is frozen, and
+ReLU keeps its float output; the input gradient needs neither. :func:`frozen_conv_relu` keeps a 1-byte mask of
+the ReLU instead: a quarter of the bytes of one activation per layer, where autograd keeps one to two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class _FrozenConvReLU(torch.autograd.Function):
+    """``relu(conv2d(x, weight, bias))`` with a frozen weight and bias; backward gives ∂L/∂x only."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups) -> Tensor:
+        y = F.relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups), inplace=True)
+        ctx.save_for_backward(y > 0, weight)
+        ctx.conv = (x.shape, stride, padding, dilation, groups)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        mask, weight = ctx.saved_tensors
+        shape, stride, padding, dilation, groups = ctx.conv
+        # relu's backward (threshold_backward: the gradient where the output is positive), then conv's input gradient
+        masked = grad.masked_fill(~mask, 0)
+        grad_x = torch.nn.grad.conv2d_input(shape, weight, masked, stride, padding, dilation, groups)
+        return grad_x, None, None, None, None, None, None
+
+
+def frozen_conv_relu(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride=1, padding=0, dilation=1, groups=1
+) -> Tensor:
+    """``F.relu(F.conv2d(x, weight, bias, ...))`` keeping only a bool mask for backward when the weights are frozen.
+
+    Falls back to the plain composition when the weight or bias needs a gradient, or when nothing does.
+    """
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if frozen and x.requires_grad and torch.is_grad_enabled():
+        return _FrozenConvReLU.apply(x, weight, bias, stride, padding, dilation, groups)
+    return F.relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups), inplace=True)
