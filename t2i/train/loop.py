@@ -28,6 +28,7 @@ from t2i.train import checkpoint as ckpt
 from t2i.train import rng
 from t2i.train.data import make_loader
 from t2i.train.ema import EMA, ema_decay
+from t2i.train.heap import release_before_backward_of
 from t2i.train.networks import Networks, SetupError, build_networks
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
@@ -235,6 +236,8 @@ class GANTrainer:
         z, eps = (t.to(self.device) for t in noise)
         self.g_model.train()
         out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
+        # When G's backward starts, D's and the encoders' activations are freed: give their heap pages back first.
+        release_before_backward_of(out.images[-1])
         logs: dict[str, float] = {}
 
         # D update per stage, on the detached fakes.
