@@ -166,3 +166,85 @@ def test_frozen_inception_folds_its_batchnorm():
     per_image = [both[0] - run(model, images[:1])[0] for both, model in ((fast, encoder), (plain_run, plain))]
     assert per_image[0] < 0.9 * per_image[1]
     assert list(encoder.state_dict()) == list(plain.state_dict())  # original key names: original files still load
+
+
+def test_upsample_conv_in_batch_chunks_equals_one_pass(monkeypatch):
+    from t2i.models import blocks
+
+    torch.manual_seed(4)
+    x = torch.randn(5, 3, 6, 7, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    target = torch.randn(5, 4, 12, 14)
+
+    def run():
+        out = blocks.up2_conv3x3(x, weight)
+        (out * target).sum().backward()
+        result = out.detach(), x.grad.clone(), weight.grad.clone()
+        x.grad = weight.grad = None
+        return result
+
+    whole = run()
+    monkeypatch.setattr(blocks, "_CHUNK_BYTES", 2 * 4 * 4 * 7 * 8 * 8)  # two samples' phase maps: chunks 2, 2, 1
+    assert blocks._chunks(5, 4 * 4 * 7 * 8 * 8) == [(0, 2), (2, 4), (4, 5)]
+    chunked = run()
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    reference = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)
+    torch.testing.assert_close(chunked[0], reference, rtol=1e-10, atol=1e-12)
+
+
+def test_bn_glu_backward_in_channel_groups_equals_one_group(monkeypatch):
+    from t2i.models import blocks
+
+    torch.manual_seed(5)
+    x = torch.randn(3, 10, 4, 5, requires_grad=True)
+    bn = nn.BatchNorm2d(10)
+    nn.init.normal_(bn.weight, 1.0, 0.3), nn.init.normal_(bn.bias, 0.0, 0.3)
+    target = torch.randn(3, 5, 4, 5)
+
+    def run():
+        (bn_glu(x, bn) * target).sum().backward()
+        result = x.grad.clone(), bn.weight.grad.clone(), bn.bias.grad.clone()
+        x.grad = bn.weight.grad = bn.bias.grad = None
+        return result
+
+    whole = run()
+    monkeypatch.setattr(blocks, "_CHUNK_BYTES", 2 * 2 * 3 * 4 * 5 * 8)  # two channel pairs at a time: 2, 2, 1
+    for a, b in zip(whole, run(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_generator_recomputes_glu_outputs_instead_of_keeping_them():
+    from t2i.build import build_generator
+    from t2i.models.generator import init_weights
+    from t2i.recipe import load
+
+    recipe = load("dmgan_shapes", ["model.gf_dim=4", "model.text_dim=8", "model.base_size=8", "model.stages=2"])
+    torch.manual_seed(6)
+    g = init_weights(build_generator(recipe)).train()
+    keep = copy.deepcopy(g)
+    B, T = 3, 5
+    z, sentence = torch.randn(B, recipe.model.z_dim), torch.randn(B, 8)
+    words, eps = torch.randn(B, 8, T), torch.randn(B, recipe.model.cond_dim)
+    kept_fast, out = saved_bytes(lambda: g(z, sentence, words, None, eps=eps))
+    kept_plain, ref = saved_bytes(lambda: keep._forward(z, sentence, words, None, eps))  # without the context
+    weights = [torch.randn_like(im) for im in out.images]
+    for o in (out, ref):
+        sum((im * w).sum() for im, w in zip(o.images, weights, strict=True)).backward()
+    for a, b in zip(out.images, ref.images, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for (name, p), q in zip(g.named_parameters(), keep.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)  # recomputed bits equal the kept ones
+    # the last stage's GLU output (B, 4, 16, 16) is no longer kept for the image head, nor the residual blocks' GLUs
+    assert kept_fast <= kept_plain - B * 4 * 16 * 16 * 8
+
+
+def test_conv1x1_of_concat_equals_the_conv_of_the_concatenation():
+    from t2i.models.blocks import conv1x1_of_concat
+
+    torch.manual_seed(7)
+    conv = nn.Conv2d(7, 3, kernel_size=1, bias=True)
+    parts = (torch.randn(2, 3, 4, 4), torch.randn(2, 4, 4, 4))
+    torch.testing.assert_close(conv1x1_of_concat(parts, conv), conv(torch.cat(parts, 1)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="parts have 3 channels"):
+        conv1x1_of_concat(parts[:1], conv)

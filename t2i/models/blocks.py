@@ -6,6 +6,10 @@ state dicts map onto these modules by renaming prefixes only (t2i/legacy/generat
 
 from __future__ import annotations
 
+import functools
+import weakref
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,6 +35,23 @@ def conv1x1(in_channels: int, out_channels: int, bias: bool = False) -> nn.Conv2
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0, bias=bias)
 
 
+def conv1x1_of_concat(parts: list[Tensor] | tuple[Tensor, ...], conv: nn.Conv2d) -> Tensor:
+    """``conv(cat(parts, dim=1))`` for a 1x1 conv as a sum of per-part convs (the kernel split by input channels).
+
+    The same function to float rounding, without the concatenated copy, which autograd would keep for the weight
+    gradient next to the parts it keeps anyway (issue 8, memory).
+    """
+    out, start = None, 0
+    for i, part in enumerate(parts):
+        width = part.shape[1]
+        term = F.conv2d(part, conv.weight[:, start : start + width], conv.bias if i == 0 else None)
+        out = term if out is None else out + term
+        start += width
+    if start != conv.in_channels:
+        raise ValueError(f"conv1x1_of_concat: parts have {start} channels, the conv takes {conv.in_channels}")
+    return out
+
+
 def up2_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``conv3x3(nearest_upsample_x2(x))`` (stride 1, padding 1) as one 2x2 convolution at the input size.
 
@@ -47,37 +68,68 @@ def up2_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
         return torch.stack((c0, c1 + c2), dim=3), torch.stack((c0 + c1, c2), dim=3)  # (O, I, 2, 2) for b = 0, 1
 
     kernels = torch.cat([k for r in rows for k in cols(r)], dim=0)  # (4O, I, 2, 2), phase a*2 + b major
-    # One conv for all four phases: with padding 1, output row r reads source rows {r-1, r}, so phase a
-    # (source rows {i-1+a, i+a}) is output rows a .. a+H-1; the same for columns.
-    out = _Interleave.apply(F.conv2d(x, kernels, None, padding=1), weight.shape[0])  # (B, O, 2H, 2W)
+    out = _PhaseConv.apply(x, kernels, weight.shape[0])  # (B, O, 2H, 2W)
     return out if bias is None else out + bias[:, None, None]
 
 
-class _Interleave(torch.autograd.Function):
-    """Phase maps (B, 4O, H+1, W+1) -> image (B, O, 2H, 2W): pixel (2i+a, 2j+b) = phase (a, b) at (i+a, j+b).
+_CHUNK_BYTES = 16 * 2**20  # phase maps per batch chunk in _PhaseConv
 
-    As a Function so that backward gathers the phases of the incoming gradient into one new tensor; autograd's
-    version of four slice assignments kept several full-size copies alive at the generator's memory peak.
+
+class _PhaseConv(torch.autograd.Function):
+    """The four phase convolutions of :func:`up2_conv3x3` and their interleaving into the upsampled image.
+
+    One conv with padding 1 gives all four phases as (B, 4O, H+1, W+1) maps: output row r reads source rows
+    {r-1, r}, so phase a (source rows {i-1+a, i+a}) is map rows a .. a+H-1; the same for columns. Pixel
+    (2i+a, 2j+b) of the image is phase (a, b) at (i+a, j+b).
+
+    Forward and backward run over batch chunks of at most ``_CHUNK_BYTES`` of phase maps, so neither the full phase
+    maps nor their gradient (with oneDNN's reordered copies) exist next to the full-size image or its gradient: this
+    conv's backward was the generator's memory peak (issue 8). Per sample the math is unchanged; the kernel gradient
+    is summed over the chunks.
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, out_channels: int) -> Tensor:
-        batch, _, height, width = y.shape[0], y.shape[1], y.shape[2] - 1, y.shape[3] - 1
-        out = y.new_empty(batch, out_channels, height, 2, width, 2)  # (B, O, H, a, W, b) = (B, O, 2H, 2W)
-        for a, b, k in _PHASES:
-            out[:, :, :, a, :, b] = y[:, k * out_channels : (k + 1) * out_channels, a : a + height, b : b + width]
-        ctx.y_shape, ctx.out_channels = y.shape, out_channels
+    def forward(ctx, x: Tensor, kernels: Tensor, out_channels: int) -> Tensor:
+        batch, _, height, width = x.shape
+        out = x.new_empty(batch, out_channels, height, 2, width, 2)  # (B, O, H, a, W, b) = (B, O, 2H, 2W)
+        for lo, hi in _chunks(batch, 4 * out_channels * (height + 1) * (width + 1) * x.element_size()):
+            phases = F.conv2d(x[lo:hi], kernels, None, padding=1)
+            for a, b, k in _PHASES:
+                out[lo:hi, :, :, a, :, b] = phases[:, k * out_channels : (k + 1) * out_channels, a : a + height,
+                                                   b : b + width]  # fmt: skip
+        ctx.save_for_backward(x, kernels)
+        ctx.out_channels = out_channels
         return out.view(batch, out_channels, 2 * height, 2 * width)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (batch, _, rows, cols), channels = ctx.y_shape, ctx.out_channels
-        height, width = rows - 1, cols - 1
-        phases = grad.reshape(batch, channels, height, 2, width, 2)
-        grad_y = grad.new_zeros(ctx.y_shape)
-        for a, b, k in _PHASES:
-            grad_y[:, k * channels : (k + 1) * channels, a : a + height, b : b + width] = phases[:, :, :, a, :, b]
-        return grad_y, None
+        x, kernels = ctx.saved_tensors
+        channels, (batch, _, height, width) = ctx.out_channels, x.shape
+        need_x, need_k = ctx.needs_input_grad[:2]
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_k = torch.zeros_like(kernels) if need_k else None
+        image = grad.reshape(batch, channels, height, 2, width, 2)
+        for lo, hi in _chunks(batch, 4 * channels * (height + 1) * (width + 1) * x.element_size()):
+            phases = grad.new_empty(hi - lo, 4 * channels, height + 1, width + 1)
+            for a, b, k in _PHASES:
+                block = phases[:, k * channels : (k + 1) * channels]
+                block[:, :, height if a == 0 else 0].zero_()  # the map row and column this phase does not use
+                block[:, :, :, width if b == 0 else 0].zero_()
+                block[:, :, a : a + height, b : b + width] = image[lo:hi, :, :, a, :, b]
+            gx, gk, _ = torch.ops.aten.convolution_backward(
+                phases, x[lo:hi], kernels, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_x, need_k, False]
+            )
+            if need_x:
+                grad_x[lo:hi] = gx
+            if need_k:
+                grad_k += gk
+            del phases, gx, gk
+        return grad_x, grad_k, None
+
+
+def _chunks(batch: int, bytes_per_item: int) -> list[tuple[int, int]]:
+    size = max(1, min(batch, _CHUNK_BYTES // max(1, bytes_per_item)))
+    return [(lo, min(lo + size, batch)) for lo in range(0, batch, size)]
 
 
 _PHASES = ((0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3))  # (a, b, phase index a*2 + b)
@@ -99,39 +151,125 @@ class _BatchNormGLU(torch.autograd.Function):
     Autograd would keep both x (for BN) and z = bn(x) (for GLU). Here backward recomputes the two halves of z from x
     and the saved statistics, one half at a time, writes ∂L/∂z into one buffer and hands it to PyTorch's own
     BatchNorm backward kernel: the activation memory of the block drops by the size of z and backward needs no more
-    scratch memory than autograd's (issue 8). The forward is nn.BatchNorm2d's: same kernel, same running-statistics
-    update. Values are those of the plain composition; gradients equal them to float rounding (z is recomputed).
+    scratch memory than autograd's (issue 8). Statistics and running-statistics update are nn.BatchNorm2d's kernels;
+    values equal the plain composition to float rounding. Inside :class:`RecomputeGLUOutputs` the output is also
+    registered as recomputable from x, so the layer after it need not keep it either.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, bn: nn.BatchNorm2d) -> Tensor:
         factor = _running_stats_factor(bn)
-        stats = bn.running_mean, bn.running_var
-        z, mean, invstd = torch.native_batch_norm(x, weight, bias, *stats, True, factor, bn.eps)
+        if bn.running_mean is None:  # track_running_stats=False is excluded by bn_glu
+            raise ValueError("_BatchNormGLU needs running statistics")
+        mean, var = torch.batch_norm_update_stats(x, bn.running_mean, bn.running_var, factor)
+        invstd = (var + bn.eps).rsqrt()
         ctx.eps = bn.eps
         ctx.save_for_backward(x, weight, bias, mean, invstd)
-        return F.glu(z, dim=1)
+        scale, shift = _scale_shift(weight, bias, mean, invstd)
+        out = _glu_of_normalized(x, scale, shift)
+        _note_recomputable(out, functools.partial(_glu_of_normalized, x, scale, shift))
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         half = x.shape[1] // 2
-        scale = invstd * weight  # z = x * scale + shift, per channel
-        shift = bias - mean * scale
+        scale, shift = _scale_shift(weight, bias, mean, invstd)
+        need = list(ctx.needs_input_grad[:3])
+        grads = [torch.empty_like(t) if n else None for t, n in zip((x, weight, bias), need, strict=True)]
+        # Channel groups c and c + half (a and its gate b) at a time: BatchNorm's backward is per channel, so ∂L/∂z
+        # never exists at full size next to ∂L/∂x (the last upBlock's backward is the generator's memory peak).
+        step = max(1, min(half, _CHUNK_BYTES // max(1, 2 * x[:, :1].numel() * x.element_size())))
+        for lo in range(0, half, step):
+            hi = min(lo + step, half)
+            g = grad[:, lo:hi]
+            gate = torch.sigmoid(_normalized(x, scale, shift, half + lo, half + hi))  # σ(b)
+            dz_a = g * gate  # ∂L/∂a = g σ(b)
+            dz_b = _normalized(x, scale, shift, lo, hi).mul_(g).mul_(gate).mul_(gate.neg_().add_(1))  # g a σ(b)(1 − σ(b))
+            del gate
+            for c0, dz in ((lo, dz_a), (half + lo, dz_b)):
+                c1 = c0 + hi - lo
+                parts = torch.ops.aten.native_batch_norm_backward(
+                    dz, x[:, c0:c1], weight[c0:c1], None, None, mean[c0:c1], invstd[c0:c1], True, ctx.eps, need
+                )
+                for full, part in zip(grads, parts, strict=True):
+                    if full is not None:
+                        (full[:, c0:c1] if full.dim() > 1 else full[c0:c1]).copy_(part)
+            del dz_a, dz_b
+        return *grads, None
 
-        def z_of(lo: int, hi: int) -> Tensor:
-            return torch.addcmul(shift[lo:hi, None, None], x[:, lo:hi], scale[lo:hi, None, None])
 
-        dz = torch.empty_like(x, memory_format=torch.contiguous_format)
-        gate = torch.sigmoid(z_of(half, 2 * half))  # σ(b)
-        torch.mul(grad, gate, out=dz[:, :half])  # ∂L/∂a = g σ(b)
-        value = z_of(0, half).mul_(grad).mul_(gate)  # g a σ(b)
-        dz[:, half:] = value.mul_(gate.neg_().add_(1))  # ∂L/∂b = g a σ(b) (1 − σ(b))
-        del gate, value
-        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
-            dz, x, weight, None, None, mean, invstd, True, ctx.eps, list(ctx.needs_input_grad[:3])
-        )
-        return dx, dweight, dbias, None
+def _scale_shift(weight: Tensor, bias: Tensor, mean: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor]:
+    """bn(x) = x * scale + shift per channel."""
+    scale = invstd * weight
+    return scale, bias - mean * scale
+
+
+def _normalized(x: Tensor, scale: Tensor, shift: Tensor, lo: int, hi: int) -> Tensor:
+    """Channels lo..hi of bn(x), as a new tensor."""
+    return torch.addcmul(shift[lo:hi, None, None], x[:, lo:hi], scale[lo:hi, None, None])
+
+
+def _glu_of_normalized(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """glu(bn(x)) one half at a time; forward and recomputation share it, so both give the same bits."""
+    half = x.shape[1] // 2
+    return _normalized(x, scale, shift, 0, half).mul_(_normalized(x, scale, shift, half, 2 * half).sigmoid_())
+
+
+class _Recompute:
+    """What autograd keeps instead of a registered tensor: how to compute it again, and which view of it was kept."""
+
+    __slots__ = ("fn", "size", "stride", "offset")
+
+    def __init__(self, fn, t: Tensor):
+        self.fn, self.size, self.stride, self.offset = fn, t.size(), t.stride(), t.storage_offset()
+
+    def materialize(self) -> Tensor:
+        return self.fn().as_strided(self.size, self.stride, self.offset)
+
+
+_tables: list[dict[int, tuple[weakref.ref, int, Any]]] = []  # one per active RecomputeGLUOutputs
+
+
+def _note_recomputable(out: Tensor, fn) -> None:
+    if _tables:
+        _tables[-1][out.untyped_storage().data_ptr()] = (weakref.ref(out), out._version, fn)
+
+
+class RecomputeGLUOutputs(torch.autograd.graph.saved_tensors_hooks):
+    """Within this context, a layer that keeps a training-mode ``bn_glu`` output for backward keeps instead the
+    means to recompute it from the BN input, which that block keeps anyway (issue 8, memory).
+
+    The generator's residual blocks feed the GLU output to a conv, and the last stage feeds it to the image head; both
+    convs keep their input for the weight gradient. Recomputing costs one elementwise pass per use in backward and
+    gives the same bits as the forward (same function, same inputs). A tensor changed in place after it was made is
+    kept as it is.
+    """
+
+    def __init__(self):
+        self.table: dict[int, tuple[weakref.ref, int, Any]] = {}
+        super().__init__(self._pack, self._unpack)
+
+    def __enter__(self):
+        _tables.append(self.table)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _tables.remove(self.table)
+        self.table.clear()
+        return super().__exit__(*exc)
+
+    def _pack(self, t: Tensor):
+        entry = self.table.get(t.untyped_storage().data_ptr()) if t.layout == torch.strided else None
+        if entry is not None:
+            out = entry[0]()
+            if out is not None and out._version == entry[1] and t._version == entry[1] and t.dtype == out.dtype:
+                return _Recompute(entry[2], t)
+        return t
+
+    @staticmethod
+    def _unpack(packed):
+        return packed.materialize() if isinstance(packed, _Recompute) else packed
 
 
 def _running_stats_factor(bn: nn.BatchNorm2d) -> float:

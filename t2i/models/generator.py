@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from t2i.models.blocks import GLU, ResBlock, image_head, up_block
+from t2i.models.blocks import GLU, RecomputeGLUOutputs, ResBlock, image_head, up_block
 from t2i.registry import Params, register
 
 
@@ -131,6 +131,14 @@ class StackedGenerator(nn.Module):
 
     def forward(
         self, z: Tensor, sentence: Tensor, words: Tensor, mask: Tensor | None, eps: Tensor | None = None
+    ) -> GeneratorOutput:
+        if self.training and torch.is_grad_enabled():
+            with RecomputeGLUOutputs():  # convs after a BN+GLU keep no copy of its output (issue 8)
+                return self._forward(z, sentence, words, mask, eps)
+        return self._forward(z, sentence, words, mask, eps)
+
+    def _forward(
+        self, z: Tensor, sentence: Tensor, words: Tensor, mask: Tensor | None, eps: Tensor | None
     ) -> GeneratorOutput:
         c_code, mu, logvar = self.ca_net(sentence, eps)
         h = self.init_stage(z, c_code)

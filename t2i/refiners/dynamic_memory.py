@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from t2i.models.blocks import conv1x1
+from t2i.models.blocks import conv1x1, conv1x1_of_concat
 from t2i.refiners._masking import masked_word_softmax
 from t2i.refiners.attention import MASK_DESCRIPTION
 from t2i.registry import Params, register
@@ -87,7 +87,7 @@ class DynamicMemory(nn.Module):
         """r^new (B, g, H, W) and α: ``forward`` without the duplication (the generator folds it, issue 8)."""
         memory, _ = self.write(h, words)
         out, alpha = self.read(h, memory, mask)
-        gate = self.response_gate(torch.cat((h, out), dim=1))  # g^r (B, 1, H, W)
+        gate = self.response_gate[1](conv1x1_of_concat((h, out), self.response_gate[0]))  # g^r (B, 1, H, W)
         return h * (1 - gate) + gate * out, alpha
 
 

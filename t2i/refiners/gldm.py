@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from t2i.models.blocks import conv1x1_of_concat
 from t2i.refiners.attention import MASK_DESCRIPTION
 from t2i.refiners.dynamic_memory import UNUSED_CONV_DESCRIPTION, DynamicMemory, _conv1d_relu
 from t2i.registry import Params, register
@@ -67,7 +68,7 @@ class GlobalLocalDynamicMemory(DynamicMemory):
         beta = torch.softmax(h * key_c, dim=1)  # over channels, per pixel
         out_c = beta * value_c  # ō (B, g, H, W)
 
-        gates = self.response_gate(torch.cat((h, out, out_c), dim=1))  # (B, 3, H, W)
+        gates = self.response_gate[1](conv1x1_of_concat((h, out, out_c), self.response_gate[0]))  # (B, 3, H, W)
         return gates[:, 0:1] * h + gates[:, 1:2] * out + gates[:, 2:3] * out_c, alpha
 
 
