@@ -8,6 +8,7 @@ their BatchNorm into the conv. Plus: each one really keeps fewer bytes for backw
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -151,6 +152,8 @@ def test_frozen_inception_folds_its_batchnorm():
     for m in plain.modules():
         if type(m).__name__ == "FoldingBasicConv2d":
             m.forward = lambda x, m=m: F.relu(m.bn(m.conv(x)))
+        elif type(m).__name__ in ("InceptionA", "InceptionC", "InceptionE"):  # torchvision's own: pool, then conv
+            m._forward = functools.partial(type(m).__mro__[1]._forward, m)
 
     def run(model, images):
         images = images.clone().requires_grad_(True)
@@ -162,9 +165,9 @@ def test_frozen_inception_folds_its_batchnorm():
     fast, plain_run = run(encoder, images), run(plain, images)
     for a, b in zip(fast[1:], plain_run[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
-    # activations kept per image (the folded kernels are kept once, like parameters): 17 % less here
+    # activations kept per image (the folded kernels are kept once, like parameters)
     per_image = [both[0] - run(model, images[:1])[0] for both, model in ((fast, encoder), (plain_run, plain))]
-    assert per_image[0] < 0.9 * per_image[1]
+    assert per_image[0] < 0.5 * per_image[1]
     assert list(encoder.state_dict()) == list(plain.state_dict())  # original key names: original files still load
 
 

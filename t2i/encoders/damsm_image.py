@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from t2i.models.frozen_ops import frozen_conv_relu
+from t2i.models.frozen_ops import frozen_conv_relu, frozen_pool_conv1x1_relu
 from t2i.registry import Params, register
 
 __all__ = ["DamsmInceptionEncoder", "DamsmInceptionParams", "SmallCnnEncoder", "SmallCnnParams"]
@@ -94,13 +94,52 @@ def _folding_basic_conv():
     return FoldingBasicConv2d
 
 
+def _pool_branch(block: nn.Module, x: Tensor) -> Tensor:
+    """``block.branch_pool(avg_pool3x3(x))``; folded and frozen, the pool runs after the 1x1 conv (they commute)."""
+    conv = block.branch_pool
+    if conv.bn.training or any(p.requires_grad for p in conv.parameters()):
+        return conv(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+    return frozen_pool_conv1x1_relu(x, *conv.folded())
+
+
+@functools.cache
+def _pool_last_blocks() -> tuple[type, type, type]:
+    """torchvision's InceptionA/C/E (same layers and keys) whose pool branch goes through :func:`_pool_branch`."""
+    from torchvision.models import inception as tv
+
+    class InceptionA(tv.InceptionA):
+        def _forward(self, x: Tensor) -> list[Tensor]:
+            b5x5 = self.branch5x5_2(self.branch5x5_1(x))
+            b3x3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+            return [self.branch1x1(x), b5x5, b3x3, _pool_branch(self, x)]
+
+    class InceptionC(tv.InceptionC):
+        def _forward(self, x: Tensor) -> list[Tensor]:
+            b7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+            b7x7dbl = self.branch7x7dbl_1(x)
+            for name in ("branch7x7dbl_2", "branch7x7dbl_3", "branch7x7dbl_4", "branch7x7dbl_5"):
+                b7x7dbl = getattr(self, name)(b7x7dbl)
+            return [self.branch1x1(x), b7x7, b7x7dbl, _pool_branch(self, x)]
+
+    class InceptionE(tv.InceptionE):
+        def _forward(self, x: Tensor) -> list[Tensor]:
+            b3x3 = self.branch3x3_1(x)
+            b3x3 = torch.cat((self.branch3x3_2a(b3x3), self.branch3x3_2b(b3x3)), 1)
+            b3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+            b3x3dbl = torch.cat((self.branch3x3dbl_3a(b3x3dbl), self.branch3x3dbl_3b(b3x3dbl)), 1)
+            return [self.branch1x1(x), b3x3, b3x3dbl, _pool_branch(self, x)]
+
+    return InceptionA, InceptionC, InceptionE
+
+
 def _inception(**kwargs) -> nn.Module:
     from torchvision.models import inception as tv
 
     conv = _folding_basic_conv()
+    a, c, e = _pool_last_blocks()
     # Inception3 hands inception_blocks[0] to the stem only: the Mixed blocks get it through their own conv_block
     mixed = [functools.partial(block, conv_block=conv) for block in
-             (tv.InceptionA, tv.InceptionB, tv.InceptionC, tv.InceptionD, tv.InceptionE, tv.InceptionAux)]  # fmt: skip
+             (a, tv.InceptionB, c, tv.InceptionD, e, tv.InceptionAux)]  # fmt: skip
     blocks = [conv, *mixed]
     return tv.inception_v3(weights=None, aux_logits=False, init_weights=False, inception_blocks=blocks, **kwargs)
 

@@ -44,3 +44,37 @@ def frozen_conv_relu(
     if frozen and x.requires_grad and torch.is_grad_enabled():
         return _FrozenConvReLU.apply(x, weight, bias, stride, padding, dilation, groups)
     return F.relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups), inplace=True)
+
+
+class _FrozenConvPoolReLU(torch.autograd.Function):
+    """``relu(avg_pool3x3(conv1x1(x)) + bias)``: Inception's pool branch with the pool moved after its 1x1 conv."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        y = F.avg_pool2d(F.conv2d(x, weight), kernel_size=3, stride=1, padding=1)
+        y = F.relu(y if bias is None else y.add_(bias[:, None, None]), inplace=True)
+        ctx.save_for_backward(y > 0, weight)
+        ctx.shape = x.shape
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        mask, weight = ctx.saved_tensors
+        # a 3x3, stride 1, zero-padded mean that counts the padding is its own adjoint
+        pooled = F.avg_pool2d(grad.masked_fill(~mask, 0), kernel_size=3, stride=1, padding=1)
+        return torch.nn.grad.conv2d_input(ctx.shape, weight, pooled), None, None
+
+
+def frozen_pool_conv1x1_relu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``relu(conv1x1(avg_pool3x3(x)) + bias)`` (Inception's pool branch, zero padding counted in the mean).
+
+    A 1x1 conv and that mean commute, so the pool runs on the conv's output, which has 4-10x fewer channels than the
+    block input in Inception-v3, and backward keeps only the ReLU mask (frozen weights) instead of the block input.
+    """
+    if weight.shape[-2:] != (1, 1):
+        raise ValueError(f"frozen_pool_conv1x1_relu needs a 1x1 kernel, got {tuple(weight.shape[-2:])}")
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    if frozen and x.requires_grad and torch.is_grad_enabled():
+        return _FrozenConvPoolReLU.apply(x, weight, bias)
+    y = F.avg_pool2d(F.conv2d(x, weight), kernel_size=3, stride=1, padding=1)
+    return F.relu(y if bias is None else y + bias[:, None, None], inplace=True)
