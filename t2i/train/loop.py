@@ -28,7 +28,7 @@ from t2i.train import checkpoint as ckpt
 from t2i.train import rng
 from t2i.train.data import make_loader
 from t2i.train.ema import EMA, ema_decay
-from t2i.train.heap import release_before_backward_of
+from t2i.train.heap import release_before_backward_of, release_free_heap
 from t2i.train.networks import Networks, SetupError, build_networks
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
@@ -227,6 +227,8 @@ class GANTrainer:
 
     def train_step(self, batch: Batch) -> dict[str, float] | None:
         nets, adv = self.nets, self.nets.adversarial
+        self.opt_g.zero_grad(set_to_none=True)  # the last step's G gradients are spent: free them before G's forward
+        release_free_heap()  # what the previous step freed, before this step's generator forward
         batch = batch.to(self.device)
         text = text_features(nets.text_encoder, batch, self.mask_ids)
         B, m = len(batch), self.recipe.model
@@ -249,11 +251,11 @@ class GANTrainer:
                 return None
             loss_d.backward()
             opt.step()
+            opt.zero_grad(set_to_none=True)  # D's gradients are spent: not kept through the G update (memory)
             logs[f"loss/D{i}"] = loss_d.item()
             logs.update({f"D{i}/{k}": float(v) for k, v in d_logs.items()})
 
         # G update: D weights get no gradients (nothing would use them; the originals computed and discarded them).
-        self.opt_g.zero_grad(set_to_none=True)
         terms: dict[str, Tensor] = {}
         for i, d in enumerate(self.d_for_g):
             _set_requires_grad(self.d_trainable[i], False)
