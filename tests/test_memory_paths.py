@@ -251,3 +251,33 @@ def test_conv1x1_of_concat_equals_the_conv_of_the_concatenation():
     torch.testing.assert_close(conv1x1_of_concat(parts, conv), conv(torch.cat(parts, 1)), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="parts have 3 channels"):
         conv1x1_of_concat(parts[:1], conv)
+
+
+def test_inference_folds_batchnorm_into_the_generator_convs():
+    torch.manual_seed(8)
+    blocks_ = [up_block(4, 3), ResBlock(6)]
+    for block in blocks_:
+        for m in block.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                with torch.no_grad():
+                    m.running_mean.normal_(0, 0.3), m.running_var.uniform_(0.5, 2.0)
+                    m.weight.normal_(1, 0.2), m.bias.normal_(0, 0.2)
+        block.eval()
+    up, res = blocks_
+    x, r = torch.randn(2, 4, 5, 5), torch.randn(2, 3, 5, 5)
+    plain_up = F.glu(up[2](F.conv2d(F.interpolate(x, scale_factor=2.0), up[1].weight, padding=1)), dim=1)
+    b = res.block
+    plain_res = lambda v: b[4](b[3](F.glu(b[1](b[0](v)), dim=1))) + v  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(up(x), plain_up, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(res(torch.cat((r, r), 1)), plain_res(torch.cat((r, r), 1)), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(res.forward_doubled(r), plain_res(torch.cat((r, r), 1)), rtol=1e-10, atol=1e-12)
+        with torch.no_grad():  # a changed statistic (an EMA update, a load) is seen at once
+            up[2].running_mean.add_(1.0)
+        plain_up = F.glu(up[2](F.conv2d(F.interpolate(x, scale_factor=2.0), up[1].weight, padding=1)), dim=1)
+        torch.testing.assert_close(up(x), plain_up, rtol=1e-10, atol=1e-12)
+    from t2i.models.blocks import inference_folded
+
+    assert inference_folded(up[1], up[2]) is None  # autograd on: the plain modules run
+    with torch.no_grad():
+        assert inference_folded(up[1], up[2].train()) is None  # batch statistics: nothing to fold

@@ -68,8 +68,8 @@ def up2_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
         return torch.stack((c0, c1 + c2), dim=3), torch.stack((c0 + c1, c2), dim=3)  # (O, I, 2, 2) for b = 0, 1
 
     kernels = torch.cat([k for r in rows for k in cols(r)], dim=0)  # (4O, I, 2, 2), phase a*2 + b major
-    out = _PhaseConv.apply(x, kernels, weight.shape[0])  # (B, O, 2H, 2W)
-    return out if bias is None else out + bias[:, None, None]
+    phase_bias = None if bias is None else bias.repeat(4)
+    return _PhaseConv.apply(x, kernels, phase_bias, weight.shape[0])  # (B, O, 2H, 2W)
 
 
 _CHUNK_BYTES = 16 * 2**20  # phase maps per batch chunk in _PhaseConv
@@ -89,11 +89,11 @@ class _PhaseConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, kernels: Tensor, out_channels: int) -> Tensor:
+    def forward(ctx, x: Tensor, kernels: Tensor, bias: Tensor | None, out_channels: int) -> Tensor:
         batch, _, height, width = x.shape
         out = x.new_empty(batch, out_channels, height, 2, width, 2)  # (B, O, H, a, W, b) = (B, O, 2H, 2W)
         for lo, hi in _chunks(batch, 4 * out_channels * (height + 1) * (width + 1) * x.element_size()):
-            phases = F.conv2d(x[lo:hi], kernels, None, padding=1)
+            phases = F.conv2d(x[lo:hi], kernels, bias, padding=1)
             for a, b, k in _PHASES:
                 out[lo:hi, :, :, a, :, b] = phases[:, k * out_channels : (k + 1) * out_channels, a : a + height,
                                                    b : b + width]  # fmt: skip
@@ -105,9 +105,10 @@ class _PhaseConv(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, kernels = ctx.saved_tensors
         channels, (batch, _, height, width) = ctx.out_channels, x.shape
-        need_x, need_k = ctx.needs_input_grad[:2]
+        need_x, need_k, need_b = ctx.needs_input_grad[:3]
         grad_x = torch.empty_like(x) if need_x else None
         grad_k = torch.zeros_like(kernels) if need_k else None
+        grad_b = grad.new_zeros(4 * channels) if need_b else None
         image = grad.reshape(batch, channels, height, 2, width, 2)
         for lo, hi in _chunks(batch, 4 * channels * (height + 1) * (width + 1) * x.element_size()):
             phases = grad.new_empty(hi - lo, 4 * channels, height + 1, width + 1)
@@ -116,15 +117,18 @@ class _PhaseConv(torch.autograd.Function):
                 block[:, :, height if a == 0 else 0].zero_()  # the map row and column this phase does not use
                 block[:, :, :, width if b == 0 else 0].zero_()
                 block[:, :, a : a + height, b : b + width] = image[lo:hi, :, :, a, :, b]
-            gx, gk, _ = torch.ops.aten.convolution_backward(
-                phases, x[lo:hi], kernels, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_x, need_k, False]
-            )
+            gx, gk, gb = torch.ops.aten.convolution_backward(
+                phases, x[lo:hi], kernels, [4 * channels], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [need_x, need_k, need_b],
+            )  # fmt: skip
             if need_x:
                 grad_x[lo:hi] = gx
             if need_k:
                 grad_k += gk
-            del phases, gx, gk
-        return grad_x, grad_k, None
+            if need_b:
+                grad_b += gb
+            del phases, gx, gk, gb
+        return grad_x, grad_k, grad_b, None
 
 
 def _chunks(batch: int, bytes_per_item: int) -> list[tuple[int, int]]:
@@ -290,6 +294,26 @@ def bn_glu(x: Tensor, bn: nn.Module) -> Tensor:
     return F.glu(bn(x), dim=1)  # eval, no grad, or another norm (SyncBatchNorm under DDP): the plain composition
 
 
+def inference_folded(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``(W', b')`` with ``conv'(x) = bn(conv(x))`` when ``bn`` uses running statistics and no gradient is recorded.
+
+    For sampling and evaluation: one pass over the activations less per BatchNorm (issue 8). Folded per call (a pass
+    over the weights, not the activations) rather than cached, so nothing stays in memory and an EMA update or a
+    load is always seen; the state dict is unchanged. None in training, with autograd on, or for anything but a
+    plain BatchNorm2d after a Conv2d.
+    """
+    plain = type(bn) is nn.BatchNorm2d and bn.track_running_stats and bn.running_mean is not None
+    if not plain or bn.training or torch.is_grad_enabled() or not isinstance(conv, nn.Conv2d):
+        return None
+    scale = (bn.running_var + bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale if conv.bias is None else (conv.bias - bn.running_mean) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return conv.weight * scale[:, None, None, None], shift
+
+
 class UpBlock(nn.Sequential):
     """Nearest x2 upsample -> conv3x3(i, 2o) -> BN -> GLU: (B, i, H, W) -> (B, o, 2H, 2W).
 
@@ -302,6 +326,9 @@ class UpBlock(nn.Sequential):
         super().__init__(nn.Identity(), conv, nn.BatchNorm2d(out_channels * 2), GLU())
 
     def forward(self, x: Tensor) -> Tensor:
+        folded = inference_folded(self[1], self[2])
+        if folded is not None:
+            return F.glu(up2_conv3x3(x, *folded), dim=1)
         return bn_glu(self[1](x), self[2])
 
 
@@ -327,8 +354,22 @@ class ResBlock(nn.Module):
         """Everything after the first conv."""
         return self.block[4](self.block[3](bn_glu(y, self.block[1])))
 
+    def _folded(self, x: Tensor, doubled: bool) -> Tensor | None:
+        """The block without its residual, BatchNorms folded into the convs (inference only; else None)."""
+        first, second = inference_folded(self.block[0], self.block[1]), inference_folded(self.block[3], self.block[4])
+        if first is None or second is None:
+            return None
+        weight, bias = first
+        if doubled:
+            half = weight.shape[1] // 2
+            weight = weight[:, :half] + weight[:, half:]
+        conv0, conv3 = self.block[0], self.block[3]
+        y = F.glu(F.conv2d(x, weight, bias, conv0.stride, conv0.padding, conv0.dilation, conv0.groups), dim=1)
+        return F.conv2d(y, *second, conv3.stride, conv3.padding, conv3.dilation, conv3.groups)
+
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H, W)
-        return self._tail(self.block[0](x)) + x
+        y = self._folded(x, doubled=False)
+        return (self._tail(self.block[0](x)) if y is None else y) + x
 
     def forward_doubled(self, r: Tensor) -> Tensor:
         """``forward(cat((r, r), 1))`` without building the doubled input: (B, C/2, H, W) -> (B, C, H, W).
@@ -336,9 +377,11 @@ class ResBlock(nn.Module):
         DM-GAN's refiners hand the residual blocks ``[r; r]`` (models.md §6.3, §12 Q2). A conv of [r; r] is the conv
         of r with the two input halves of the kernel summed: half the first conv's FLOPs, and no doubled tensor.
         """
-        conv = self.block[0]
-        half = conv.weight.shape[1] // 2
-        y = self._tail(F.conv2d(r, conv.weight[:, :half] + conv.weight[:, half:], conv.bias, padding=1))
+        y = self._folded(r, doubled=True)
+        if y is None:
+            conv = self.block[0]
+            half = conv.weight.shape[1] // 2
+            y = self._tail(F.conv2d(r, conv.weight[:, :half] + conv.weight[:, half:], conv.bias, padding=1))
         batch, channels = y.shape[:2]
         return (y.view(batch, 2, channels // 2, *y.shape[2:]) + r.unsqueeze(1)).view_as(y)
 
