@@ -73,8 +73,12 @@ def _folding_basic_conv():
     from torchvision.models.inception import BasicConv2d
 
     class FoldingBasicConv2d(BasicConv2d):
+        def foldable(self) -> bool:
+            """Frozen and in eval mode: the BatchNorm is a fixed affine map."""
+            return not self.bn.training and not any(p.requires_grad for p in self.parameters())
+
         def forward(self, x: Tensor) -> Tensor:
-            if self.bn.training or any(p.requires_grad for p in self.parameters()):
+            if not self.foldable():
                 return super().forward(x)
             weight, bias = self.folded()
             c = self.conv
@@ -97,7 +101,7 @@ def _folding_basic_conv():
 def _pool_branch(block: nn.Module, x: Tensor) -> Tensor:
     """``block.branch_pool(avg_pool3x3(x))``; folded and frozen, the pool runs after the 1x1 conv (they commute)."""
     conv = block.branch_pool
-    if conv.bn.training or any(p.requires_grad for p in conv.parameters()):
+    if not conv.foldable():
         return conv(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
     return frozen_pool_conv1x1_relu(x, *conv.folded())
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
 class GLU(nn.Module):
@@ -92,7 +93,7 @@ class _PhaseConv(torch.autograd.Function):
     def forward(ctx, x: Tensor, kernels: Tensor, bias: Tensor | None, out_channels: int) -> Tensor:
         batch, _, height, width = x.shape
         out = x.new_empty(batch, out_channels, height, 2, width, 2)  # (B, O, H, a, W, b) = (B, O, 2H, 2W)
-        for lo, hi in _chunks(batch, 4 * out_channels * (height + 1) * (width + 1) * x.element_size()):
+        for lo, hi in _chunks(batch, _phase_map_bytes(x, out_channels)):
             phases = F.conv2d(x[lo:hi], kernels, bias, padding=1)
             for a, b, k in _PHASES:
                 out[lo:hi, :, :, a, :, b] = phases[:, k * out_channels : (k + 1) * out_channels, a : a + height,
@@ -110,7 +111,7 @@ class _PhaseConv(torch.autograd.Function):
         grad_k = torch.zeros_like(kernels) if need_k else None
         grad_b = grad.new_zeros(4 * channels) if need_b else None
         image = grad.reshape(batch, channels, height, 2, width, 2)
-        for lo, hi in _chunks(batch, 4 * channels * (height + 1) * (width + 1) * x.element_size()):
+        for lo, hi in _chunks(batch, _phase_map_bytes(x, channels)):
             phases = grad.new_empty(hi - lo, 4 * channels, height + 1, width + 1)
             for a, b, k in _PHASES:
                 block = phases[:, k * channels : (k + 1) * channels]
@@ -131,9 +132,15 @@ class _PhaseConv(torch.autograd.Function):
         return grad_x, grad_k, grad_b, None
 
 
-def _chunks(batch: int, bytes_per_item: int) -> list[tuple[int, int]]:
-    size = max(1, min(batch, _CHUNK_BYTES // max(1, bytes_per_item)))
-    return [(lo, min(lo + size, batch)) for lo in range(0, batch, size)]
+def _chunks(count: int, bytes_per_item: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges over ``count`` items, each range at most ``_CHUNK_BYTES`` (at least one item)."""
+    size = max(1, min(count, _CHUNK_BYTES // max(1, bytes_per_item)))
+    return [(lo, min(lo + size, count)) for lo in range(0, count, size)]
+
+
+def _phase_map_bytes(x: Tensor, out_channels: int) -> int:
+    """Bytes of one sample's four phase maps (4O, H+1, W+1) for input x (B, I, H, W)."""
+    return 4 * out_channels * (x.shape[2] + 1) * (x.shape[3] + 1) * x.element_size()
 
 
 _PHASES = ((0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3))  # (a, b, phase index a*2 + b)
@@ -162,9 +169,7 @@ class _BatchNormGLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, bn: nn.BatchNorm2d) -> Tensor:
-        factor = _running_stats_factor(bn)
-        if bn.running_mean is None:  # track_running_stats=False is excluded by bn_glu
-            raise ValueError("_BatchNormGLU needs running statistics")
+        factor = _running_stats_factor(bn)  # bn_glu only sends a BatchNorm2d with running statistics
         mean, var = torch.batch_norm_update_stats(x, bn.running_mean, bn.running_var, factor)
         invstd = (var + bn.eps).rsqrt()
         ctx.eps = bn.eps
@@ -183,13 +188,12 @@ class _BatchNormGLU(torch.autograd.Function):
         grads = [torch.empty_like(t) if n else None for t, n in zip((x, weight, bias), need, strict=True)]
         # Channel groups c and c + half (a and its gate b) at a time: BatchNorm's backward is per channel, so ∂L/∂z
         # never exists at full size next to ∂L/∂x (the last upBlock's backward is the generator's memory peak).
-        step = max(1, min(half, _CHUNK_BYTES // max(1, 2 * x[:, :1].numel() * x.element_size())))
-        for lo in range(0, half, step):
-            hi = min(lo + step, half)
+        for lo, hi in _chunks(half, 2 * x[:, :1].numel() * x.element_size()):
             g = grad[:, lo:hi]
             gate = torch.sigmoid(_normalized(x, scale, shift, half + lo, half + hi))  # σ(b)
             dz_a = g * gate  # ∂L/∂a = g σ(b)
-            dz_b = _normalized(x, scale, shift, lo, hi).mul_(g).mul_(gate).mul_(gate.neg_().add_(1))  # g a σ(b)(1 − σ(b))
+            # ∂L/∂b = g a σ(b) (1 − σ(b))
+            dz_b = _normalized(x, scale, shift, lo, hi).mul_(g).mul_(gate).mul_(gate.neg_().add_(1))
             del gate
             for c0, dz in ((lo, dz_a), (half + lo, dz_b)):
                 c1 = c0 + hi - lo
@@ -305,13 +309,7 @@ def inference_folded(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor] | 
     plain = type(bn) is nn.BatchNorm2d and bn.track_running_stats and bn.running_mean is not None
     if not plain or bn.training or torch.is_grad_enabled() or not isinstance(conv, nn.Conv2d):
         return None
-    scale = (bn.running_var + bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale if conv.bias is None else (conv.bias - bn.running_mean) * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return conv.weight * scale[:, None, None, None], shift
+    return fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
 class UpBlock(nn.Sequential):

@@ -13,6 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _input_grad_only(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Autograd is recording, x needs a gradient and the weight and bias do not."""
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    return frozen and x.requires_grad and torch.is_grad_enabled()
+
+
 class _FrozenConvReLU(torch.autograd.Function):
     """``relu(conv2d(x, weight, bias))`` with a frozen weight and bias; backward gives ∂L/∂x only."""
 
@@ -40,8 +46,7 @@ def frozen_conv_relu(
 
     Falls back to the plain composition when the weight or bias needs a gradient, or when nothing does.
     """
-    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    if frozen and x.requires_grad and torch.is_grad_enabled():
+    if _input_grad_only(x, weight, bias):
         return _FrozenConvReLU.apply(x, weight, bias, stride, padding, dilation, groups)
     return F.relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups), inplace=True)
 
@@ -73,8 +78,7 @@ def frozen_pool_conv1x1_relu(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
     """
     if weight.shape[-2:] != (1, 1):
         raise ValueError(f"frozen_pool_conv1x1_relu needs a 1x1 kernel, got {tuple(weight.shape[-2:])}")
-    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    if frozen and x.requires_grad and torch.is_grad_enabled():
+    if _input_grad_only(x, weight, bias):
         return _FrozenConvPoolReLU.apply(x, weight, bias)
     y = F.avg_pool2d(F.conv2d(x, weight), kernel_size=3, stride=1, padding=1)
     return F.relu(y if bias is None else y + bias[:, None, None], inplace=True)
