@@ -27,7 +27,17 @@ def test_example_trains_two_steps(tmp_path):
     from test_train import tiny_overrides
 
     sets = [x for o in tiny_overrides(tmp_path / "shapes") for x in ("--set", o)]
-    result = t2i("train", str(EXAMPLE / "my_refiner.toml"), "--code", str(EXAMPLE / "my_refiner.py"), *sets,
-                 "--run-dir", str(tmp_path / "run"), "--steps", "2", "-q")
+    result = t2i(
+        "train",
+        str(EXAMPLE / "my_refiner.toml"),
+        "--code",
+        str(EXAMPLE / "my_refiner.py"),
+        *sets,
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+        "-q",
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
