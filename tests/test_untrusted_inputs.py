@@ -124,3 +124,152 @@ def test_python_m_t2i_does_not_search_the_working_folder(tmp_path):
     result = run_module("config", "validate", "user.toml", cwd=tmp_path)
     assert not marker.exists()
     assert result.returncode == 1 and "plugin module 'evil' failed to import" in result.stderr, result.stderr
+
+
+# -- checkpoint messages -----------------------------------------------------------------------------------------------
+class NotAllowed:
+    """A class a checkpoint may not refer to."""
+
+
+def _state(step: int) -> dict:
+    import torch
+
+    return {"format_version": 1, "kind": "gan", "step": step, "models": {"w": torch.full((2,), float(step))}}
+
+
+def _broken_files(folder: Path) -> dict[str, Path]:
+    """One file per kind of damage, and a real pickle that needs code."""
+    import pickle
+
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "good.pt"
+    torch.save(_state(1), good)
+    files = {
+        "random": folder / "random.pt",
+        "truncated": folder / "truncated.pt",
+        "empty": folder / "empty.pt",
+        "torch_global": folder / "torch_global.pt",
+        "pickle_global": folder / "pickle_global.pt",
+    }
+    files["random"].write_bytes(bytes(range(256)) * 8)
+    files["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    files["empty"].write_bytes(b"")
+    torch.save({"format_version": 1, "obj": NotAllowed()}, files["torch_global"])
+    files["pickle_global"].write_bytes(pickle.dumps({"obj": NotAllowed()}))
+    return files
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated"])
+def test_damaged_checkpoint_is_called_corrupt_not_unsafe(tmp_path, kind):
+    from t2i.train import checkpoint as ckpt
+
+    path = _broken_files(tmp_path)[kind]
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load(path)
+    message = str(info.value)
+    assert "not a readable checkpoint (corrupt or truncated)" in message and str(path) in message
+    assert "unpickling" not in message and "t2i import" not in message
+
+
+def test_empty_checkpoint_says_so(tmp_path):
+    from t2i.train import checkpoint as ckpt
+
+    path = _broken_files(tmp_path)["empty"]
+    with pytest.raises(ckpt.CheckpointError, match=r"empty file \(0 bytes\)"):
+        ckpt.load(path)
+
+
+@pytest.mark.parametrize("kind", ["torch_global", "pickle_global"])
+def test_pickle_that_needs_code_is_called_unsafe(tmp_path, kind):
+    from t2i.train import checkpoint as ckpt
+
+    path = _broken_files(tmp_path)[kind]
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load(path)
+    message = str(info.value)
+    assert "needs arbitrary unpickling" in message and "NotAllowed" in message and "t2i import" in message
+    assert "corrupt" not in message
+
+
+def test_fallback_names_every_file_tried_and_why(tmp_path):
+    from t2i.train import checkpoint as ckpt
+
+    keeper = ckpt.CheckpointKeeper(tmp_path / "checkpoints", keep=3)
+    for step in (1, 2, 3):
+        keeper.save(_state(step), step, periodic=True)
+    keeper.last.write_bytes(bytes(range(256)) * 4)
+    (keeper.folder / "step_00000003.pt").write_bytes(b"")
+    warnings: list[str] = []
+    state = keeper.latest_good(warn=warnings.append)
+    assert state["step"] == 2
+    assert len(warnings) == 1
+    assert "using step_00000002.pt" in warnings[0]
+    assert "last.pt (is not a readable checkpoint (corrupt or truncated)" in warnings[0]
+    assert "step_00000003.pt (is not a readable checkpoint: empty file (0 bytes))" in warnings[0]
+
+    (keeper.folder / "step_00000002.pt").write_bytes(b"")
+    (keeper.folder / "step_00000001.pt").write_bytes(b"junk")
+    with pytest.raises(ckpt.CheckpointError) as info:
+        keeper.latest_good(warn=warnings.append)
+    message = str(info.value)
+    for name in ("last.pt", "step_00000003.pt", "step_00000002.pt", "step_00000001.pt"):
+        assert name in message
+    assert "empty file (0 bytes)" in message and "corrupt or truncated" in message
+
+
+def test_resume_prints_the_files_it_skipped(tmp_path):
+    """The default report goes to stderr, so `t2i train --resume` shows it without any help from the caller."""
+    code = textwrap.dedent(f"""
+        from t2i.train import checkpoint as ckpt
+        import torch
+        keeper = ckpt.CheckpointKeeper({str(tmp_path)!r})
+        for step in (1, 2):
+            keeper.save({{"format_version": 1, "step": step}}, step, periodic=True)
+        keeper.last.write_bytes(b"")
+        (keeper.folder / "step_00000002.pt").write_bytes(b"PK")
+        print(keeper.latest_good()["step"])
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+    assert "warning: using step_00000001.pt" in result.stderr
+    assert "last.pt (is not a readable checkpoint: empty file (0 bytes))" in result.stderr
+    assert "step_00000002.pt (is not a readable checkpoint (corrupt or truncated)" in result.stderr
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_orphaned_temp_files_are_removed_on_save_and_resume(tmp_path):
+    import socket
+
+    from t2i.train import checkpoint as ckpt
+
+    folder = tmp_path / "checkpoints"
+    keeper = ckpt.CheckpointKeeper(folder, keep=2)
+    keeper.save(_state(1), 1, periodic=True)
+    host = "".join(c for c in socket.gethostname() if c.isalnum())[:32]
+    old = folder / ".last.pt.k1l2m3n4.tmp"  # the old naming, without a writer: only its age tells
+    dead = folder / f".step_00000002.pt.{host}-{_dead_pid()}.abcd1234.tmp"
+    live = folder / f".last.pt.{host}-{os.getpid()}.efgh5678.tmp"  # a writer at work right now
+    for temp in (old, dead, live):
+        temp.write_bytes(b"partial")
+    os.utime(old, (1_000_000, 1_000_000))
+    keeper.save(_state(2), 2, periodic=True)
+    assert not old.exists() and not dead.exists()
+    assert live.exists()
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "last.pt",
+        "step_00000001.pt",
+        "step_00000002.pt",
+    ]
+
+    os.utime(live, (1_000_000, 1_000_000))  # now older than every finished checkpoint: its writer is gone
+    assert keeper.latest_good()["step"] == 2
+    assert not live.exists()
