@@ -273,3 +273,92 @@ def test_orphaned_temp_files_are_removed_on_save_and_resume(tmp_path):
     os.utime(live, (1_000_000, 1_000_000))  # now older than every finished checkpoint: its writer is gone
     assert keeper.latest_good()["step"] == 2
     assert not live.exists()
+
+
+# -- images of every mode ----------------------------------------------------------------------------------------------
+def _saved(image, path: Path):
+    """``image`` written to ``path`` and opened again, so the mode is what a data set file really gives."""
+    from PIL import Image
+
+    image.save(path)
+    return Image.open(path)
+
+
+def _mode_images(folder: Path) -> dict[str, tuple[object, tuple[int, int, int]]]:
+    """mode -> (opened image whose pixel (0, 0) is the interesting one, the RGB it must become)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    transparent = palette.copy()
+    transparent.info["transparency"] = 1
+    grey16 = np.full((4, 4), 40000, dtype=np.uint16)
+    cases = {
+        "1": (_saved(Image.new("1", (4, 4), 1), folder / "one.png"), (255, 255, 255)),
+        "L": (_saved(Image.new("L", (4, 4), 77), folder / "l.png"), (77, 77, 77)),
+        "LA": (_saved(Image.new("LA", (4, 4), (0, 0)), folder / "la.png"), (255, 255, 255)),
+        "P": (_saved(palette, folder / "p.png"), (200, 100, 50)),
+        "P+transparency": (_saved(transparent, folder / "pt.png"), (255, 255, 255)),
+        "RGB": (_saved(Image.new("RGB", (4, 4), (1, 2, 3)), folder / "rgb.png"), (1, 2, 3)),
+        "RGBA": (_saved(Image.new("RGBA", (4, 4), (200, 0, 0, 128)), folder / "rgba.png"), (227, 127, 127)),
+        "CMYK": (_saved(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), folder / "cmyk.tif"), (255, 0, 0)),
+        "I;16": (_saved(Image.fromarray(grey16), folder / "g16.png"), (156, 156, 156)),
+        "I;16B": (Image.fromarray(grey16.astype(">u2")), (156, 156, 156)),
+        "I;16L": (Image.new("I;16L", (4, 4), 65535), (255, 255, 255)),
+        "I 16-bit": (_saved(Image.fromarray(np.full((4, 4), 40000, dtype=np.int32)), folder / "i.tif"), (156,) * 3),
+        "I 8-bit": (Image.fromarray(np.full((4, 4), 77, dtype=np.int32)), (77, 77, 77)),
+        "F": (_saved(Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)), folder / "f.tif"), (128, 128, 128)),
+    }
+    return cases
+
+
+def test_every_image_mode_becomes_the_right_rgb(tmp_path):
+    from t2i.data.image_modes import to_rgb
+
+    cases = _mode_images(tmp_path)
+    assert cases["I;16"][0].mode == "I;16" and cases["I;16B"][0].mode == "I;16B" and cases["F"][0].mode == "F"
+    for name, (image, expected) in cases.items():
+        converted = to_rgb(image)
+        assert converted.mode == "RGB" and converted.size == (4, 4), name
+        assert converted.getpixel((0, 0)) == expected, name
+
+
+def test_sixteen_bit_png_trains_as_grey_not_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from t2i.data.transforms import load_precrop
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    precrop = load_precrop(tmp_path / "ramp.png", None, 64)
+    assert precrop.dtype == np.uint8 and precrop.shape[2] == 3
+    assert precrop.min() <= 2 and precrop.max() >= 250
+    assert 100 < precrop.mean() < 155  # a ramp, not a white image (convert("RGB") gives a mean near 255)
+
+
+def test_data_check_notes_unusual_modes(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from t2i.cli import app
+
+    root = tmp_path / "pics"
+    root.mkdir()
+    files = {
+        "a": Image.new("RGB", (32, 32), (10, 20, 30)),
+        "b": Image.fromarray(np.full((32, 32), 30000, dtype=np.uint16)),
+        "c": Image.fromarray(np.full((32, 32), 50000, dtype=np.uint16)),
+        "d": Image.new("RGBA", (32, 32), (0, 0, 0, 0)),
+    }
+    for name, image in files.items():
+        image.save(root / f"{name}.png")
+        (root / f"{name}.txt").write_text(f"a picture called {name}\n")
+    result = CliRunner().invoke(app, ["data", "check", str(root), "--dataset", "folder"])
+    assert result.exit_code == 0, result.output
+    assert "note: 2 image(s) in mode I;16 (16-bit, scaled to 8 bits)" in result.output
+    assert "note: 1 image(s) in mode RGBA (transparency composited on white)" in result.output
+    assert "mode RGB (" not in result.output and "ok" in result.output
