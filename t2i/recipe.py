@@ -401,6 +401,10 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         chain = " -> ".join(str(p) for p in (*_seen, file))
         raise RecipeError(str(file), [f"extends: cycle {chain}"])
     data = read_toml(file)
+    if not data:  # most likely the wrong file, or one not written yet: all defaults would hide that
+        raise RecipeError(
+            str(file), ['empty recipe: the file sets nothing; give its settings, or `extends = "dmgan_shapes"`']
+        )
     parent = data.pop("extends", None)
     if parent is None:
         return data
