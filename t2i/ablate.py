@@ -190,7 +190,7 @@ def variant_recipe(
         *extra,
     ]
     data = recipe_mod.apply_overrides(data, overrides)
-    recipe = recipe_mod.validate(data, f"{source} [{variant.label}, seed {seed}]", overrides)
+    recipe = recipe_mod.validate(data, f"{source} [{variant.label}, seed {seed}]", overrides, import_plugins=False)
     for term in recipe.train.alignment:
         for role in getattr(term.entry.factory, "requires", ()):
             if getattr(recipe.model, role, None) is None:
@@ -230,7 +230,7 @@ def base_raw(spec: AblationSpec) -> tuple[dict[str, Any], recipe_mod.Recipe]:
     raw = recipe_mod.load_raw(file)
     raw.setdefault("name", file.stem)
     raw = recipe_mod.apply_overrides(raw, list(spec.sets))
-    return raw, recipe_mod.validate(copy.deepcopy(raw), str(file), list(spec.sets))
+    return raw, recipe_mod.validate(copy.deepcopy(raw), str(file), list(spec.sets), import_plugins=True)
 
 
 def ablation_folder(spec: AblationSpec, base: recipe_mod.Recipe) -> Path:
@@ -272,7 +272,7 @@ def pretrain_missing(base: recipe_mod.Recipe, roles: set[str], folder: Path, log
         target = folder / "pretrained" / f"{kind}.pt"
         if not target.is_file():
             log(f"pretraining {kind} once for every variant -> {target}")
-            pre_recipe = recipe_mod.validate(base.to_dict(), f"{base.source} [pretrain {kind}]")
+            pre_recipe = recipe_mod.validate(base.to_dict(), f"{base.source} [pretrain {kind}]", import_plugins=False)
             pre_recipe.name = f"{base.name}-{kind}"
             run_path = folder / "pretrained" / f"{kind}-run"
             run = run_dirs.open_existing(run_path) if (run_path / "config.resolved.toml").is_file() else None

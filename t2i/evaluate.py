@@ -119,7 +119,7 @@ def load_model(checkpoint: str | Path, *, ema: bool = True) -> LoadedModel:
         raise EvalSetupError(f"{path} is not a GAN checkpoint (kind {state.get('kind')!r})")
     if state.get("vocab") is None:
         raise EvalSetupError(f"{path} carries no vocabulary; re-import it with its captions.pickle")
-    recipe = recipe_mod.validate(state["recipe"], f"{path}[recipe]")
+    recipe = recipe_mod.validate(state["recipe"], f"{path}[recipe]", import_plugins=False)
     vocab = Vocabulary.from_dict(state["vocab"])
     generator = build_generator(recipe)
     generator.load_state_dict(state["models"]["generator_ema" if ema else "generator"])
@@ -140,7 +140,7 @@ def _encoder_from(state: dict[str, Any], role: str, vocab_size: int) -> nn.Modul
 
     if role not in state.get("models", {}):
         return None
-    recipe = recipe_mod.validate(state["recipe"], f"{state['_path']}[recipe]")
+    recipe = recipe_mod.validate(state["recipe"], f"{state['_path']}[recipe]", import_plugins=False)
     if role == "text_encoder":
         module = build_text_encoder(recipe, vocab_size)
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -400,6 +401,10 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         chain = " -> ".join(str(p) for p in (*_seen, file))
         raise RecipeError(str(file), [f"extends: cycle {chain}"])
     data = read_toml(file)
+    if not data:  # most likely the wrong file, or one not written yet: all defaults would hide that
+        raise RecipeError(
+            str(file), ['empty recipe: the file sets nothing; give its settings, or `extends = "dmgan_shapes"`']
+        )
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -450,11 +455,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
-def validate(data: dict[str, Any], source: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
-    """Phase 1 (structure) and phase 2 (component params) on a raw dict."""
+def validate(
+    data: dict[str, Any],
+    source: str = "<recipe>",
+    overrides: list[str] | None = None,
+    *,
+    import_plugins: bool = False,
+) -> Recipe:
+    """Phase 1 (structure) and phase 2 (component params) on a raw dict.
+
+    ``import_plugins`` imports the recipe's ``[plugins] imports`` first. Only a recipe file the user names runs
+    code that way; a recipe stored in a checkpoint or a run folder travels with downloaded files, so it is
+    validated against what is already registered (``--code``, entry points) and never imports anything.
+    """
     data = dict(data)
     data.pop("extends", None)
-    _import_plugins(data, source)
+    if import_plugins:
+        _import_plugins(data, source)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -462,16 +479,31 @@ def validate(data: dict[str, Any], source: str = "<recipe>", overrides: list[str
     recipe._source = source
     recipe._raw = copy.deepcopy(data)
     recipe._overrides = list(overrides or [])
-    return recipe.resolve()
+    try:
+        return recipe.resolve()
+    except RecipeError as exc:
+        # Named only when their components are missing and they were not imported some other way.
+        modules = [] if import_plugins else [m for m in _plugin_modules(data) if m not in sys.modules]
+        if modules and any(".name: unknown " in p for p in exc.problems):
+            exc.problems.append(
+                f"plugins.imports lists {', '.join(map(repr, modules))}, which t2i does not import from a stored "
+                "recipe (a checkpoint or run folder must not run code): pass --code FILE.py with the module's file, "
+                "or install the package that provides the 't2i.plugins' entry point"
+            )
+        raise
+
+
+def _plugin_modules(data: dict[str, Any]) -> list[str]:
+    plugins = data.get("plugins", {})
+    imports = plugins.get("imports", []) if isinstance(plugins, dict) else []
+    return [str(m) for m in imports] if isinstance(imports, list) else []
 
 
 def _import_plugins(data: dict[str, Any], source: str) -> None:
-    plugins = data.get("plugins", {})
-    imports = plugins.get("imports", []) if isinstance(plugins, dict) else []
     problems = []
-    for module in imports if isinstance(imports, list) else []:
+    for module in _plugin_modules(data):
         try:
-            registry.import_user_module(str(module))
+            registry.import_user_module(module)
         except registry.ComponentError as exc:
             problems.append(f"plugins.imports: {exc}")
     if problems:
@@ -485,7 +517,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data.setdefault("name", file.stem)
     overrides = list(overrides or [])
     data = apply_overrides(data, overrides)
-    return validate(data, str(file), overrides)
+    return validate(data, str(file), overrides, import_plugins=True)
 
 
 def builtin_recipes() -> list[Path]:

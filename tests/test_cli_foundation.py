@@ -33,6 +33,24 @@ def test_no_command_is_usage_error():
     assert t2i("no-such-command").returncode == 2
 
 
+def test_version_flag_prints_the_version():
+    from t2i import __version__
+
+    result = t2i("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"t2i {__version__}"
+
+
+@pytest.mark.parametrize("text", ["", "# nothing here yet\n\n"], ids=["zero-bytes", "comments-only"])
+def test_empty_recipe_is_an_error(tmp_path, text):
+    path = tmp_path / "empty.toml"
+    path.write_text(text)
+    result = t2i("config", "validate", str(path))
+    assert result.returncode == 1, result.stdout
+    assert "empty recipe" in result.stderr and "empty.toml" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_components_verbose_shows_params():
     result = t2i("components", "refiner", "-v")
     assert result.returncode == 0, result.stderr

@@ -28,15 +28,25 @@ for _module in _common.optional_command_modules():
     _module.register(app)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the t2i version and exit."),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from t2i import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"t2i {__version__}")
         raise typer.Exit(0)
+
+
+# invoke_without_command: `t2i --version` names no command; is_eager: it is handled before anything else.
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the t2i version and exit."
+    ),
+) -> None:
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
 
 
 def main() -> None:

@@ -48,23 +48,30 @@ def _read(path: Path, dataset: str | None, captions_per_image: int | None, conve
     return dataset, meta
 
 
-def _decode_check(job: str) -> str:
+def _decode_check(job: str) -> tuple[str, str]:
+    """(problem or "", the image's mode and how training reads it) for one file."""
     from PIL import Image
+
+    from t2i.data.image_modes import describe_mode, to_rgb
 
     try:
         with Image.open(job) as image:
-            image.load()
+            mode = image.mode
+            if image.info.get("transparency") is not None and mode not in ("LA", "PA", "RGBA"):
+                mode += " + transparent colour"
+            note = describe_mode(image)
+            to_rgb(image)  # what training does: decodes fully and converts
             if image.width < 1 or image.height < 1:
-                return f"{job}: image has no pixels"
+                return f"{job}: image has no pixels", mode
     except Exception as exc:
         return (
             f"{job}: cannot decode image ({type(exc).__name__}: {exc}); replace the file or remove it from the "
             "split (training can skip it with skip_bad=true)"
-        )
-    return ""
+        ), ""
+    return "", f"{mode} ({note})"
 
 
-def _decode_all(files: list[str], workers: int) -> list[str]:
+def _decode_all(files: list[str], workers: int) -> list[tuple[str, str]]:
     """Decode every image, in threads (PIL decodes without the GIL; no fork of a process that may run torch)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -135,8 +142,13 @@ def check(
     kind, meta = _read(path, dataset, captions_per_image, convention, prefer_metadata=True)
     problems = list(meta.problems)
     files = sorted({str(meta.root / f) for s in meta.splits.values() for f in s.files if f})
+    modes: dict[str, int] = {}
     if not quick and files:
-        problems += [r for r in _decode_all(files, workers) if r]
+        for problem, mode in _decode_all(files, workers):
+            if problem:
+                problems.append(problem)
+            elif not mode.startswith("RGB ("):
+                modes[mode] = modes.get(mode, 0) + 1
 
     table = Table(title=f"{meta.root} ({kind}, metadata from {meta.source})", title_justify="left")
     for column in ("split", "images", "classes", "captions", "per image (min/mean/max)"):
@@ -159,6 +171,9 @@ def check(
     )
     if total == 0:
         problems.append(f"{meta.root}: the data set is empty (no image keys in any split)")
+    for mode, count in sorted(modes.items(), key=lambda item: -item[1]):
+        # Not a problem: training converts each to RGB the same way (docs/data.md, image modes).
+        console.print(f"note: {count:,} image(s) in mode {mode}", highlight=False, markup=False)
     for line in meta.warnings[:20]:
         err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     if len(meta.warnings) > 20:

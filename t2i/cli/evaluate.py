@@ -27,7 +27,7 @@ def _apply_sets(model, sets: list[str] | None) -> None:
     from t2i import recipe as recipe_mod
 
     data = recipe_mod.apply_overrides(model.recipe.to_dict(), list(sets))
-    model.recipe = recipe_mod.validate(data, f"{model.path}[recipe] + --set", list(sets))
+    model.recipe = recipe_mod.validate(data, f"{model.path}[recipe] + --set", list(sets), import_plugins=False)
 
 
 @user_errors

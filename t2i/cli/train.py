@@ -30,7 +30,9 @@ def _recipe_for_resume(resume: Path, sets: list[str] | None, code: list[Path] | 
     run = open_existing(resume)
     data = recipe_mod.read_toml(run.path / "config.resolved.toml")
     data = recipe_mod.apply_overrides(data, list(sets or []))
-    return recipe_mod.validate(data, str(run.path / "config.resolved.toml"), list(sets or [])), run
+    return recipe_mod.validate(
+        data, str(run.path / "config.resolved.toml"), list(sets or []), import_plugins=False
+    ), run
 
 
 def _dataset(recipe, split: str, image_sizes: list[int]):

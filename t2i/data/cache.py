@@ -25,7 +25,9 @@ from t2i.data.transforms import DataError, load_precrop, precrop_size
 
 __all__ = ["ImageCache", "cache_key", "open_or_build"]
 
-CACHE_VERSION = 1
+# 2: 16-bit, float and transparent images are converted to RGB properly (image_modes.to_rgb); older caches
+# may hold them white or with whatever colour hid under alpha 0.
+CACHE_VERSION = 2
 
 
 def cache_key(files: Sequence[str], bboxes: Sequence[Sequence[float]] | None, imsize: int) -> str:

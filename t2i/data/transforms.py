@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from t2i.batch import Batch
+from t2i.data.image_modes import to_rgb
 
 __all__ = [
     "DataError",
@@ -76,7 +77,7 @@ def load_precrop(path: str | Path, bbox: Sequence[float] | None, imsize: int) ->
     """
     try:
         with Image.open(path) as opened:
-            image = opened.convert("RGB")  # convert() forces the full decode, so truncation shows here
+            image = to_rgb(opened)  # converting forces the full decode, so truncation shows here
     except FileNotFoundError:
         raise DataError(f"{path}: image file is missing") from None
     except Exception as exc:

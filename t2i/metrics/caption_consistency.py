@@ -354,8 +354,10 @@ def _real_image(dataset: Any, index: int, framing: str) -> np.ndarray:
     if framing == "full":
         from PIL import Image
 
+        from t2i.data.image_modes import to_rgb
+
         with Image.open(dataset.files[index]) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(to_rgb(im))
     pre, side = dataset.precrop(index), dataset.imsize
     top, left = (pre.shape[0] - side) // 2, (pre.shape[1] - side) // 2
     return np.ascontiguousarray(pre[top : top + side, left : left + side])
