@@ -32,7 +32,9 @@ def _apply_sets(model, sets: list[str] | None) -> None:
 
 @user_errors
 def evaluate_command(
-    checkpoint: Path = typer.Argument(..., help="A run folder (uses checkpoints/last.pt) or a GAN checkpoint."),
+    checkpoint: Path = typer.Argument(
+        None, help="A run folder (uses checkpoints/last.pt) or a GAN checkpoint (not with --images)."
+    ),
     metric: list[str] = typer.Option(
         None, "--metric", "-m", help="Metric to compute (repeatable); default: the recipe's \\[eval] metrics."
     ),
@@ -48,13 +50,34 @@ def evaluate_command(
         None, "--write-images", help="Also write every image as <key>_s-1_<pass>.png under this folder."
     ),
     live: bool = typer.Option(False, "--live", help="Evaluate the live generator instead of the EMA one."),
+    images: Path = typer.Option(
+        None, "--images", help="Evaluate this folder of images made by any program instead of a checkpoint."
+    ),
+    reference: Path = typer.Option(
+        None, "--reference", help="With --images: real statistics as an .npz (mu, sigma) or a folder of real images."
+    ),
+    save_stats: Path = typer.Option(
+        None, "--save-stats", help="With --images: write the folder's FID statistics (mu, sigma) to this .npz."
+    ),
     sets: list[str] = SetOption,
     code: list[Path] = CodeOption,
 ) -> None:
     """Generate images with the EMA generator and compute metrics; append one row per metric to eval.jsonl.
 
     Example: [bold]t2i eval runs/dmgan_shapes/<run> --metric caption_consistency --n 1000[/]
+    Images made elsewhere: [bold]t2i eval --images generated/ --reference bird_val.npz --metric fid_dmgan2018[/]
+    (with --images, --set METRIC.PARAM=VALUE sets a metric's params, e.g. --set is.classifier_weights="bird_is.pth")
     """
+    if images is not None:
+        if checkpoint is not None:
+            raise UserError("give a CHECKPOINT or --images DIR, not both")
+        import_code(code)
+        _evaluate_images(images, metric, reference, save_stats, sets, batch_size, seed, weights_dir)
+        return
+    if checkpoint is None:
+        raise UserError("give a CHECKPOINT (run folder or .pt file) or --images DIR")
+    if reference is not None or save_stats is not None:
+        raise UserError("--reference and --save-stats go with --images DIR")
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
@@ -119,6 +142,69 @@ def evaluate_command(
     if write_images is not None:
         console.print(f"images: {write_images}")
     console.print(f"appended {len(rows)} row(s) to {path}")
+
+
+def _progress(label: str):
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    return Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed} images"), console=err_console,
+                    transient=True)  # fmt: skip
+
+
+def _metric_params(entry, params: dict):
+    """A metric's params from ``--set NAME.PARAM=VALUE`` (NAME bare, as ``fid``, or versioned)."""
+    base, _, version = entry.name.rpartition(".")
+    raw = dict(params.get(base) or {})
+    versioned = raw.pop(version, None)  # --set fid.v1.PARAM=... arrives as {"fid": {"v1": {...}}}
+    if isinstance(versioned, dict):
+        raw.update(versioned)
+    return entry.validate(raw)
+
+
+def _evaluate_images(folder, metric, reference, save_stats, sets, batch_size, seed, weights_dir) -> None:
+    """``t2i eval --images DIR``: metrics of image files, or their FID statistics with --save-stats."""
+    from rich.table import Table
+
+    from t2i import recipe as recipe_mod
+    from t2i.evaluate import append_rows
+    from t2i.evaluate_images import evaluate_folder, save_reference_stats
+    from t2i.registry import get_registry
+
+    registry = get_registry("metric")
+    params = recipe_mod.apply_overrides({}, list(sets or []))
+    if save_stats is not None:
+        if len(metric or []) > 1:
+            raise UserError("--save-stats writes one protocol's statistics: give at most one --metric")
+        entry = registry.get((metric or ["fid"])[0])
+        name = entry.name
+        with _progress("statistics") as bar:
+            task = bar.add_task("stats", total=None)
+            path, count = save_reference_stats(
+                folder, save_stats, metric=name, params=_metric_params(entry, params), batch_size=batch_size or 50,
+                weights_dir=weights_dir,
+                on_batch=lambda done: bar.update(task, completed=done),
+            )  # fmt: skip
+        console.print(f"wrote {path}: {name} statistics (mu, sigma) of {count} images in {folder}", markup=False)
+        return
+    names = list(metric or (["fid", "is"] if reference is not None else ["is"]))
+    specs = []
+    for name in names:
+        entry = registry.get(name)
+        specs.append((entry.name, _metric_params(entry, params)))
+    with _progress("evaluating") as bar:
+        task = bar.add_task("eval", total=None)
+        rows = evaluate_folder(
+            folder, specs, reference=reference, batch_size=batch_size or 50, seed=seed, weights_dir=weights_dir,
+            on_batch=lambda done: bar.update(task, completed=done),
+        )  # fmt: skip
+    path = append_rows(Path(folder) / "eval.jsonl", rows)
+    table = Table(title=f"{folder}: {rows[0]['n']} images")
+    for column in ("metric", "value", "± std", "n", "protocol"):
+        table.add_column(column, justify="right" if column in ("value", "± std", "n") else "left")
+    for row in rows:
+        table.add_row(row["metric"], _format(row["value"]), _format(row["std"]), str(row["n"]), row["protocol_id"])
+    console.print(table)
+    console.print(f"appended {len(rows)} row(s) to {path}", markup=False)
 
 
 @user_errors

@@ -41,6 +41,7 @@ BATCH_INFO_KEYS = (
     "sentence_embeddings",  # (B, e) sentence embeddings the generator was conditioned on
     "indices",  # (B,) int64 data set indices of the items
 )
+# A folder of images made elsewhere passes only {"uint8": True}: the values are exact uint8 steps.
 
 
 class MetricError(ValueError):

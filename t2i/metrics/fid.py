@@ -128,7 +128,9 @@ class FID(Metric):
         return torch.cat(out)
 
     def update(self, fake: Tensor, batch_info: Mapping[str, Any] | None = None) -> None:
-        feats = self.features(fake, real=False)
+        # Images read from files ("uint8") hold exact uint8 steps: quantise them as real images (rounding), since
+        # float32 x/127.5 - 1 can land a hair below the step and truncation would take one away.
+        feats = self.features(fake, real=bool(batch_info and batch_info.get("uint8")))
         if self.drop_last is None:
             self.fake.add(feats)
             return
