@@ -44,9 +44,11 @@ def image_files(folder: str | Path) -> list[Path]:
 def _read(path: Path) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
+    from t2i.data.image_modes import to_rgb
+
     try:
         with Image.open(path) as opened:
-            pixels = np.asarray(opened.convert("RGB"))
+            pixels = np.asarray(to_rgb(opened))  # 16-bit, palette and alpha modes as the data sets read them
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ImageFolderError(f"cannot read image {path}: {exc}") from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W) in [-1, 1]
