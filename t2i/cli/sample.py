@@ -7,17 +7,18 @@ from pathlib import Path
 import typer
 
 from t2i.cli._common import CodeOption, UserError, console, err_console, import_code, user_errors
+from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
 def register(app: typer.Typer) -> None:
     app.command("sample")(sample)
 
 
-def load_generator(checkpoint: Path, *, ema: bool = True):
-    """(recipe, generator, text_encoder, vocab) from a t2i GAN checkpoint or run folder."""
+def load_generator(checkpoint: Path, *, ema: bool = True, runtime=None):
+    """(recipe, generator, text_encoder, vocab) from a t2i GAN checkpoint or run folder, on ``runtime``'s device."""
     from t2i.evaluate import load_model
 
-    model = load_model(checkpoint, ema=ema)
+    model = load_model(checkpoint, ema=ema, runtime=runtime)
     return model.recipe, model.generator, model.text_encoder, model.vocab
 
 
@@ -30,7 +31,12 @@ def sample(
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="Where the grid goes."),
     attention: Path = typer.Option(None, "--attention", help="Also write each stage's attention/memory maps here."),
     live: bool = typer.Option(False, "--live", help="Use the live generator instead of the EMA one."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images generated per forward (device memory)."),
     code: list[Path] = CodeOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    channels_last: bool = ChannelsLastOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Generate images for your own captions; unknown words are reported, not silently dropped.
 
@@ -42,7 +48,8 @@ def sample(
     from t2i.train.samples import caption_batch, generate
 
     import_code(code)
-    recipe, generator, text_encoder, vocab = load_generator(checkpoint, ema=not live)
+    rt = RuntimeFlags(device, precision, channels_last, compile).runtime()
+    recipe, generator, text_encoder, vocab = load_generator(checkpoint, ema=not live, runtime=rt)
     tokens = []
     for text in captions:
         ids, unknown = vocab.encode(text)
@@ -56,16 +63,16 @@ def sample(
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(len(repeated), recipe.model.z_dim, generator=gen)
     eps = torch.randn(len(repeated), recipe.model.cond_dim, generator=gen)
-    mask_ids = torch.tensor(sorted(vocab.mask_ids))
+    mask_ids = torch.tensor(sorted(vocab.mask_ids), device=rt.device)
     images, maps = [], []
-    for start in range(0, len(repeated), 64):  # bounded memory for many samples
-        batch = caption_batch(repeated[start : start + 64], vocab.pad_id)
-        with torch.inference_mode():
-            output, _ = generate(
-                generator, text_encoder, batch, mask_ids, z[start : start + 64], eps[start : start + 64]
-            )
-        images.append(output.images[-1])
-        maps.append([m for m in output.attention])
+    B = batch_size
+    for start in range(0, len(repeated), B):  # one batch on the device at a time: bounded device memory
+        batch = rt.batch(caption_batch(repeated[start : start + B], vocab.pad_id))
+        noise, cond = rt.images(z[start : start + B]), rt.images(eps[start : start + B])
+        with torch.inference_mode(), rt.precision.autocast():
+            output, _ = generate(generator, text_encoder, batch, mask_ids, noise, cond)
+        images.append(output.images[-1].float().cpu())
+        maps.append([m.float().cpu() for m in output.attention])
     grid = viz.caption_grid(torch.cat(images), [captions[i] for i in order], columns=n)
     viz.save_png(grid, out)
     console.print(f"wrote {out}")
@@ -74,7 +81,7 @@ def sample(
         for row, i in enumerate(order):
             words = [vocab.words[t] for t in tokens[i]]
             flat = row * n
-            chunk, offset = divmod(flat, 64)
+            chunk, offset = divmod(flat, B)
             full = torch.cat(images)
             rows = [
                 (f"stage {s + 2}", full[flat], stage_maps[offset, : len(words)])
