@@ -52,7 +52,6 @@ def _generate(
 ) -> tuple[Tensor, list[Tensor], list[str]]:
     """Images (N, 3, S, S) and per-stage maps (on the CPU, fp32) for the captions in their given order."""
     from t2i.runtime import Runtime
-
     from t2i.train.samples import caption_batch, generate
 
     vocab = model.vocab

@@ -121,6 +121,16 @@ def full_precision(reference: Tensor) -> Iterator[None]:
         yield
 
 
+def autocast_inputs(*tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Cast floating tensors to the active autocast type, as autocast does for a conv, before a custom
+    ``autograd.Function`` (autocast is off in backward, so its saved tensors must already agree in type)."""
+    device = next(t for t in tensors if t is not None).device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 class StepScaler:
     """One optimiser's loss scaling: ``backward(loss)`` then ``step(opt)``; plain backward/step when disabled.
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from t2i.runtime import full_precision
+
 __all__ = ["SpectralNorm", "l2_normalize"]
 
 
@@ -48,7 +50,14 @@ class SpectralNorm(nn.Module):
         module.register_parameter("weight_bar", nn.Parameter(weight.detach().clone()))
 
     def sigma(self) -> Tensor:
-        """One power iteration (mutating u, v), then σ = u·(W v), differentiable w.r.t. weight_bar."""
+        """One power iteration (mutating u, v), then σ = u·(W v), differentiable w.r.t. weight_bar.
+
+        Always in fp32: under mixed precision autocast is switched off here (σ of a bf16 weight is coarse).
+        """
+        with full_precision(self.module.weight_bar):
+            return self._sigma()
+
+    def _sigma(self) -> Tensor:
         module = self.module
         weight_bar = module.weight_bar
         height = weight_bar.shape[0]

@@ -133,6 +133,7 @@ class Pretrainer:
         keeper = ckpt.CheckpointKeeper(self.run.checkpoints, keep=self.recipe.train.keep_checkpoints)
         self.run.log(f"pretrain {self.kind}: {s.epochs} epochs x {self.per_epoch} steps, batch {s.batch_size}")
         self.run.log(self.runtime.describe())
+        self.run.record_runtime(self.runtime.info())
         last = keeper.last
         sums: dict[str, float] = {}
         count, window_start = 0, time.perf_counter()
