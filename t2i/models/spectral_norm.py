@@ -62,7 +62,7 @@ class SpectralNorm(nn.Module):
         weight_bar = module.weight_bar
         height = weight_bar.shape[0]
         with torch.no_grad():
-            matrix = weight_bar.view(height, -1)
+            matrix = weight_bar.reshape(height, -1)  # a view, unless the weight is channels-last (then a copy)
             u, v = module.weight_u, module.weight_v
             for _ in range(self.power_iterations):
                 v = l2_normalize(matrix.t() @ u, self.eps)
@@ -72,7 +72,7 @@ class SpectralNorm(nn.Module):
             # depend on this when D runs several times before one backward.
             module.weight_v.data.copy_(v)
             module.weight_u.data.copy_(u)
-        return torch.dot(module.weight_u, weight_bar.view(height, -1) @ module.weight_v)
+        return torch.dot(module.weight_u, weight_bar.reshape(height, -1) @ module.weight_v)
 
     def normalized_weight(self) -> Tensor:
         return self.module.weight_bar / self.sigma()
