@@ -37,7 +37,8 @@ def _bce(probabilities: Tensor, target: float) -> Tensor:
     # BCE on probabilities runs in fp32 even under mixed precision (CUDA autocast refuses it as unsafe); for an
     # fp32 run this is the same call as before.
     with full_precision(probabilities):
-        probabilities = probabilities.float()
+        if probabilities.dtype in (torch.float16, torch.bfloat16):
+            probabilities = probabilities.float()
         return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, target))
 
 
