@@ -124,8 +124,8 @@ def parity(device: str, out: Path) -> dict:
 
 def against_reference(recipe: str, device: str, out: Path, batch: int) -> dict:
     path = out / f"bench_{recipe}.json"
-    command = [sys.executable, "-m", "t2i", "bench", recipe, "--what", "train,sample", "--batch", str(batch),
-               "--against-reference", "--device", device, "--repeat", "3", "--no-flops", "--json", str(path)]  # fmt: skip
+    command = [sys.executable, "-m", "t2i", "bench", recipe, "--what", "train,sample", "--batch", str(batch)]
+    command += ["--against-reference", "--device", device, "--repeat", "3", "--no-flops", "--json", str(path)]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     (out / f"bench_{recipe}.txt").write_text(proc.stdout + proc.stderr)
     result = {"exit": proc.returncode}

@@ -295,7 +295,8 @@ class GANTrainer:
         for name, value in terms.items():
             if not self._check(name, value):
                 return None
-        total = torch.stack([v.float() for v in terms.values()]).sum()  # fp32 sum (a no-op cast in fp32 runs)
+        # at least fp32 (mixed-precision terms differ in type; a no-op for fp32 and float64 runs)
+        total = torch.stack([v.to(torch.promote_types(v.dtype, torch.float32)) for v in terms.values()]).sum()
         self.scaler_g.backward(total)
         self.scaler_g.step(self.opt_g)
         self.ema.update(nets.generator)
