@@ -28,6 +28,7 @@ __all__ = [
     "caption_grid",
     "heat_colours",
     "save_png",
+    "to_image",
 ]
 
 BACKGROUND = (255, 255, 255)
@@ -87,6 +88,11 @@ def _images_uint8(images: Any, *, single: bool = False) -> np.ndarray:
     array = np.nan_to_num(array, nan=0.0, posinf=1.0, neginf=-1.0)
     pixels = np.clip(np.rint((array + 1.0) * 127.5), 0, 255).astype(np.uint8)
     return pixels.transpose(0, 2, 3, 1)  # (N, H, W, 3)
+
+
+def to_image(image: Any) -> Image.Image:
+    """One [-1, 1] image (3, H, W) -> a PIL RGB image at its own size."""
+    return Image.fromarray(_images_uint8(image, single=True)[0])
 
 
 def _resize(image: Image.Image, width: int) -> Image.Image:

@@ -211,7 +211,7 @@ def _full_originals() -> dict[str, dict[str, torch.Tensor]]:
     """Randomised original-format state dicts of every part of the MirrorGAN-shapes recipe, by original file name."""
     from t2i import build
     from t2i import recipe as recipe_mod
-    from t2i.legacy.alignment import split_stream_checkpoint
+    from t2i.legacy import split_stream_checkpoint
 
     recipe = recipe_mod.load("mirrorgan_shapes", FULL_SETS)
     encoder, decoder = split_stream_checkpoint(
@@ -300,3 +300,96 @@ def test_cli_captioner_pair_by_as_and_incomplete_pair(tmp_path: Path) -> None:
         f"captioner_decoder={encoder}", "-o", tmp_path / "bad.pt",
     )  # fmt: skip
     assert result.exit_code == 1 and "stream_cnn.pt has no embed.weight" in text
+
+
+# -- the released files, as released --------------------------------------------------------------
+def _as_released(state: dict, path: Path) -> Path:
+    """Write a state dict as the AttnGAN-era releases are: no BatchNorm ``num_batches_tracked`` (PyTorch < 0.4.1),
+    ``module.`` prefixes (nn.DataParallel), the pre-1.6 serialisation."""
+    from collections import OrderedDict
+
+    old = OrderedDict((f"module.{k}", v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    torch.save(old, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+def test_released_names_are_recognised() -> None:
+    from t2i.cli.model_io import classify
+
+    for name in ("bird_DMGAN.pth", "coco_DMGAN.pth", "bird_AttnGAN2.pth", "coco_AttnGAN2.pth", "netG_epoch_800.pth"):
+        assert classify(Path(name)) == "generator", name
+    assert classify(Path("text_encoder200.pth")) == "text_encoder"
+    assert classify(Path("image_encoder100.pth")) == "image_encoder"
+    assert classify(Path("netD2.pth")) == "discriminator2"
+    assert classify(Path("encoder.ckpt")) == "captioner_encoder"
+    assert classify(Path("decoder-200.ckpt")) == "captioner_decoder"
+    assert classify(Path("bird_DMGAN.txt")) is None
+
+
+_RELEASED = [
+    ("dmgan__g_net__eval.pt", "dmgan_bird", "bird_DMGAN.pth"),
+    ("attngan__g_net.pt", "attngan_bird", "bird_AttnGAN2.pth"),
+]
+
+
+@pytest.mark.parametrize(("fixture", "recipe", "name"), _RELEASED, ids=[r[2] for r in _RELEASED])
+def test_released_generator_imports_and_reproduces_the_original(tmp_path: Path, fixture, recipe, name) -> None:
+    """A generator file in the released format, under its released name, imports and computes what the original
+    computed (float64, the golden fixture's outputs)."""
+    from golden import GOLDEN_DIR, assert_close_f64, load, to_double
+
+    from t2i import build
+    from t2i import recipe as recipe_mod
+
+    path = GOLDEN_DIR / fixture
+    if not path.is_file():
+        pytest.fail(f"golden fixture {path} is missing (set T2I_GOLDEN)")
+    fx = load(path)
+    cfg = fx["config"]
+    released = _as_released(fx["state_dict"], tmp_path / name)
+    sets = [
+        f"model.gf_dim={cfg['GAN.GF_DIM']}",
+        f"model.z_dim={cfg['GAN.Z_DIM']}",
+        f"model.cond_dim={cfg['GAN.CONDITION_DIM']}",
+        f"model.text_dim={cfg['TEXT.EMBEDDING_DIM']}",
+        f"model.stages={cfg['TREE.BRANCH_NUM']}",
+    ]
+    out = tmp_path / "imported.pt"
+    result, text = _invoke("import", recipe, *[a for s in sets for a in ("--set", s)], released, "-o", out)
+    assert result.exit_code == 0, text
+
+    checkpoint = torch.load(out, weights_only=True)
+    assert checkpoint["imported_from"] == {"generator": str(released)}
+    imported = recipe_mod.validate(checkpoint["recipe"], str(out))
+    generator = build.build_generator(imported)
+    generator.load_state_dict(checkpoint["models"]["generator_ema"], strict=True)
+    generator.double().train(fx["mode"] == "train")
+    inputs = to_double(fx["inputs"])
+    with torch.no_grad():
+        images = generator(inputs["z_code"], inputs["sent_emb"], inputs["word_embs"], inputs["mask"], eps=inputs["eps"])
+    assert_close_f64(
+        {"fake_imgs": images.images, "mu": images.mu},
+        {"fake_imgs": fx["outputs_f64"]["fake_imgs"], "mu": fx["outputs_f64"]["mu"]},
+        name,
+    )
+
+
+def test_released_text_encoder_without_modern_keys(tmp_path: Path) -> None:
+    """text_encoder200.pth written by an old PyTorch (pre-1.6 serialisation, DataParallel prefix) imports."""
+    encoder = randomized(get_registry("text_encoder").build("rnn", {}, vocab_size=13, text_dim=E))
+    released = _as_released(to_original("text_encoder", encoder.state_dict()), tmp_path / "text_encoder200.pth")
+    sets = [arg for s in TINY_SETS for arg in ("--set", s)]
+    out = tmp_path / "imported.pt"
+    result, text = _invoke("import", "dmgan_bird", *sets, released, "-o", out)
+    assert result.exit_code == 0, text
+    state = torch.load(out, weights_only=True)["models"]["text_encoder"]
+    assert all(torch.equal(state[k], v) for k, v in encoder.state_dict().items())
+
+
+def test_load_into_fills_missing_batchnorm_counters_only() -> None:
+    module = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    state = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    loaded = load_into(module, state, "bn")
+    assert "1.num_batches_tracked" in loaded
+    with pytest.raises(KeyMismatchError, match="1.running_mean"):
+        load_into(module, {k: v for k, v in state.items() if k != "1.running_mean"}, "bn")

@@ -6,14 +6,18 @@ Which original file is what is decided by its name (override with ``--as PART=PA
 file name                      part                   goes to
 =============================  =====================  ==========================================
 ``netG*.pth``                  ``generator``          models.generator and models.generator_ema
+``bird_DMGAN.pth`` and the     ``generator``          (the released generators: ``bird_DMGAN.pth``,
+other released generators                             ``coco_DMGAN.pth``, ``bird_AttnGAN2.pth``...)
 ``netD<i>.pth``                ``discriminator<i>``   models.discriminators[i]
 ``text_encoder*.pth``          ``text_encoder``       models.text_encoder
 ``image_encoder*.pth``         ``image_encoder``      models.image_encoder
-``encoder-*.ckpt``             ``captioner_encoder``  models.captioner (``caption_cnn.*``)
-``decoder-*.ckpt``             ``captioner_decoder``  models.captioner (``caption_rnn.*``)
+``encoder[-*].ckpt``           ``captioner_encoder``  models.captioner (``caption_cnn.*``)
+``decoder[-*].ckpt``           ``captioner_decoder``  models.captioner (``caption_rnn.*``)
 =============================  =====================  ==========================================
 
-The original netG holds the EMA weights (models.md §12 Q17), so it fills both generators. Every part
+The original netG holds the EMA weights (DM-GAN's trainer swaps them in before saving), so it fills both
+generators. Files older than PyTorch 0.4.1 (no BatchNorm ``num_batches_tracked``), ``module.``-prefixed keys
+(``nn.DataParallel``) and the pre-1.6 serialisation all load, with ``weights_only=True``. Every part
 is converted with its registered key map (t2i.legacy) and loaded strictly into the module the recipe
 builds, so a wrong recipe is reported with the missing and unexpected keys.
 """
@@ -30,11 +34,12 @@ from t2i.cli._common import CodeOption, SetOption, UserError, console, load_reci
 
 PATTERNS: list[tuple[str, str]] = [
     (r"^netG.*\.pth$", "generator"),
+    (r"^(bird|coco)_(AttnGAN|DMGAN|MirrorGAN|DMMGAN)\d*\.pth$", "generator"),  # the released generators
     (r"^netD(\d+)\.pth$", "discriminator{0}"),
     (r"^text_encoder.*\.pth$", "text_encoder"),
     (r"^image_encoder.*\.pth$", "image_encoder"),
-    (r"^encoder-.*\.ckpt$", "captioner_encoder"),
-    (r"^decoder-.*\.ckpt$", "captioner_decoder"),
+    (r"^encoder(-.*)?\.ckpt$", "captioner_encoder"),
+    (r"^decoder(-.*)?\.ckpt$", "captioner_decoder"),
 ]
 PART_RE = re.compile(r"^(generator|text_encoder|image_encoder|captioner_encoder|captioner_decoder|discriminator\d+)$")
 CAPTIONER_PARTS = ("captioner_encoder", "captioner_decoder")
@@ -45,7 +50,7 @@ def classify(path: Path) -> str | None:
     for pattern, part in PATTERNS:
         match = re.match(pattern, path.name)
         if match:
-            return part.format(*match.groups())
+            return part.format(*[g for g in match.groups() if g is not None])
     return None
 
 
@@ -67,8 +72,8 @@ def _assign(files: list[Path], overrides: list[str]) -> dict[str, Path]:
         if part is None:
             raise UserError(
                 f"cannot tell what {file} holds from its name; name it like the originals "
-                "(netG_epoch_600.pth, netD0.pth, text_encoder200.pth, image_encoder200.pth, encoder-5-3000.ckpt, "
-                f"decoder-5-3000.ckpt) or pass --as PART={file}"
+                "(netG_epoch_600.pth, bird_DMGAN.pth, netD0.pth, text_encoder200.pth, image_encoder200.pth, "
+                f"encoder-5-3000.ckpt, decoder-5-3000.ckpt) or pass --as PART={file}"
             )
         if part in parts:
             raise UserError(f"two files for {part}: {parts[part]} and {file}; pass one, or use --as")
@@ -91,11 +96,11 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
     if "text_encoder" in raw:
         state = to_t2i("text_encoder", raw["text_encoder"])
         text_vocab = int(next(iter(state.values())).shape[0])  # the embedding table comes first
-        load_into(build.build_text_encoder(recipe, text_vocab), state, f"text_encoder ({parts['text_encoder']})")
-        models["text_encoder"] = state
+        where = f"text_encoder ({parts['text_encoder']})"
+        models["text_encoder"] = load_into(build.build_text_encoder(recipe, text_vocab), state, where)
     if "generator" in raw:
         state = to_t2i("generator", raw["generator"])
-        load_into(build.build_generator(recipe), state, f"generator ({parts['generator']})")
+        state = load_into(build.build_generator(recipe), state, f"generator ({parts['generator']})")
         models["generator"] = state
         models["generator_ema"] = dict(state)
     discriminators = sorted(int(p[len("discriminator") :]) for p in raw if p.startswith("discriminator"))
@@ -107,15 +112,14 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
         models["discriminators"] = []
         for index in discriminators:
             state = to_t2i("discriminator", raw[f"discriminator{index}"])
-            load_into(built[index], state, f"discriminator {index} ({parts[f'discriminator{index}']})")
-            models["discriminators"].append(state)
+            where = f"discriminator {index} ({parts[f'discriminator{index}']})"
+            models["discriminators"].append(load_into(built[index], state, where))
     if "image_encoder" in raw:
         state = to_t2i("image_encoder", raw["image_encoder"])
         module = build.build_image_encoder(recipe)
         if module is None:
             raise UserError("an image encoder file was given but the recipe has no model.image_encoder")
-        load_into(module, state, f"image_encoder ({parts['image_encoder']})")
-        models["image_encoder"] = state
+        models["image_encoder"] = load_into(module, state, f"image_encoder ({parts['image_encoder']})")
     captioner_parts = [p for p in CAPTIONER_PARTS if p in raw]
     if captioner_parts:
         if len(captioner_parts) != 2:
@@ -124,7 +128,7 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
                 f"a captioner needs both its encoder-*.ckpt and decoder-*.ckpt files (got only {given}); "
                 "pass the pair, or name them with --as captioner_encoder=PATH --as captioner_decoder=PATH"
             )
-        from t2i.legacy.alignment import merge_stream_checkpoints
+        from t2i.legacy import merge_stream_checkpoints
 
         # The two files of the original STREAM trainer -> its combined form (caption_cnn.* / caption_rnn.*).
         merged = merge_stream_checkpoints(raw["captioner_encoder"], raw["captioner_decoder"])
@@ -137,8 +141,7 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
         if module is None:
             raise UserError("captioner files were given but the recipe has no model.captioner")
         where = f"{parts['captioner_encoder']} + {parts['captioner_decoder']}"
-        load_into(module, state, f"captioner ({where})")
-        models["captioner"] = state
+        models["captioner"] = load_into(module, state, f"captioner ({where})")
 
     kind = (
         "gan"
@@ -161,8 +164,7 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
 
 def export_originals(checkpoint: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write the original-format files of every model in a t2i checkpoint; returns the paths written."""
-    from t2i.legacy import to_original
-    from t2i.legacy.alignment import split_stream_checkpoint
+    from t2i.legacy import split_stream_checkpoint, to_original
     from t2i.train.checkpoint import save_atomic
 
     models = checkpoint.get("models", {})
