@@ -22,9 +22,19 @@ class Batch:
         return replace(
             self,
             images=[im.to(device, non_blocking=True) for im in self.images],
-            captions=self.captions.to(device),
-            lengths=self.lengths.to(device),
-            class_ids=self.class_ids.to(device),
+            captions=self.captions.to(device, non_blocking=True),
+            lengths=self.lengths.to(device, non_blocking=True),
+            class_ids=self.class_ids.to(device, non_blocking=True),
+        )
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (the DataLoader calls this with ``pin_memory=True``): asynchronous copies to a GPU."""
+        return replace(
+            self,
+            images=[im.pin_memory() for im in self.images],
+            captions=self.captions.pin_memory(),
+            lengths=self.lengths.pin_memory(),
+            class_ids=self.class_ids.pin_memory(),
         )
 
     def __len__(self) -> int:

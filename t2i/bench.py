@@ -137,23 +137,34 @@ def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
 
 
 def time_calls(
-    call: Callable[[int], dict[str, float] | None], repeat: int, warmup: int, flops: bool = True
+    call: Callable[[int], dict[str, float] | None],
+    repeat: int,
+    warmup: int,
+    flops: bool = True,
+    sync: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Warm up, then time ``repeat`` calls of ``call(i)`` (which may return its own phase seconds).
 
-    FLOPs are counted during the first warm-up call (a counted call is slower, so it is never timed).
+    FLOPs are counted during the first warm-up call (a counted call is slower, so it is never timed). The first
+    warm-up call's wall time is kept apart as ``first_call_s`` (it holds torch.compile's compile time when on).
+    ``sync`` waits for the device (CUDA kernels run asynchronously) before each clock reading.
     """
     out: dict[str, Any] = {}
     for i in range(max(warmup, 1 if flops else 0)):
+        t0 = time.perf_counter()
         if i == 0 and flops:
             _, out["flops"] = count_flops(lambda: call(-1))
         else:
             call(-1 - i)
+        sync()
+        if i == 0:
+            out["first_call_s"] = time.perf_counter() - t0
     meter = CpuShare()
     phases: list[dict[str, float]] = []
     for i in range(repeat):
         with meter:
             phase = call(i)
+            sync()
         if isinstance(phase, dict) and phase:
             phases.append(phase)
     times = [r["wall"] for r in meter.records]
@@ -327,14 +338,31 @@ def vocab_size_of(recipe, reference: tuple[str, str] | None) -> int:
     return REFERENCE_VOCAB[reference[1]] if reference else 5450
 
 
-def build_trainer(recipe, vocab, fast: bool):
+def spec_runtime(spec: dict[str, Any]):
+    """The case's t2i.runtime.Runtime (default: CPU, fp32)."""
+    from t2i.runtime import Runtime
+
+    return Runtime.create(
+        spec.get("device") or "cpu",
+        spec.get("precision") or "fp32",
+        channels_last=bool(spec.get("channels_last")),
+        compile=bool(spec.get("compile")),
+    )
+
+
+def build_trainer(recipe, vocab, fast: bool, runtime=None):
     """A GANTrainer on synthetic captions in a throw-away run folder (nothing is written during steps)."""
+    from t2i.runtime import Runtime
     from t2i.train.loop import GANTrainer
     from t2i.train.run_dir import RunDir
 
     folder = Path(tempfile.mkdtemp(prefix="t2i_bench_"))
     trainer = GANTrainer(
-        recipe, RunDir(folder), SyntheticCaptions(vocab, words_num_of(recipe)), quiet=True, device="cpu"
+        recipe,
+        RunDir(folder),
+        SyntheticCaptions(vocab, words_num_of(recipe)),
+        quiet=True,
+        runtime=runtime or Runtime(),
     )
     if fast:
         fast_path(trainer.nets.generator)
@@ -348,18 +376,21 @@ def train_call(trainer, batches: Callable[[int], Any]) -> Callable[[int], dict[s
     state: dict[str, Any] = {}
 
     def mark(name: str) -> None:
+        trainer.runtime.synchronize()  # phase times of GPU work need the kernels finished
         now = clock()
         state["phases"][name] = state["phases"].get(name, 0.0) + now - state["t"]
         state["t"] = now
 
     generator = trainer.nets.generator
-    generator.register_forward_pre_hook(lambda *_: mark("text_encoding"))
-    generator.register_forward_hook(lambda *_: mark("G_forward"))
-    for i, opt in enumerate(trainer.opt_d):
-        opt.register_step_post_hook(lambda *_, i=i: mark(f"D{i}_update"))
+    if not trainer.runtime.compile:  # hooks with clocks would break the compiled graph: whole steps only
+        generator.register_forward_pre_hook(lambda *_: mark("text_encoding"))
+        generator.register_forward_hook(lambda *_: mark("G_forward"))
+        for i, opt in enumerate(trainer.opt_d):
+            opt.register_step_post_hook(lambda *_, i=i: mark(f"D{i}_update"))
 
     def call(i: int) -> dict[str, float]:
-        batch = batches(i)
+        batch = trainer.runtime.batch(batches(i))  # the host-to-device copy is not part of the step
+        trainer.runtime.synchronize()
         state["phases"], state["t"] = {}, clock()
         logs = trainer.train_step(batch)
         if logs is None:
@@ -383,8 +414,9 @@ def _t2i_callable(spec: dict[str, Any]) -> tuple[Callable[[int], Any], int, dict
     fast = spec["impl"] == "t2i-fast"
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    trainer = build_trainer(recipe, vocab, fast)
-    info: dict[str, Any] = {"build_s": time.perf_counter() - t0}
+    runtime = spec_runtime(spec)
+    trainer = build_trainer(recipe, vocab, fast, runtime)
+    info: dict[str, Any] = {"build_s": time.perf_counter() - t0, "runtime": runtime.info()}
 
     def batches(i: int):
         return synthetic_batch(sizes, batch_size, vocab, words_num, seed=1000 + i)
@@ -396,14 +428,15 @@ def _t2i_callable(spec: dict[str, Any]) -> tuple[Callable[[int], Any], int, dict
     generator = trainer.ema.model.eval()
     if fast:
         fast_path(generator, fuse_bn=True)
-    text = text_features(trainer.nets.text_encoder, batches(0), trainer.mask_ids)
+    generator = runtime.compiled(runtime.module(generator))
+    text = text_features(trainer.nets.text_encoder, runtime.batch(batches(0)), trainer.mask_ids)
     noise = torch.Generator().manual_seed(1)
-    z = torch.randn(batch_size, recipe.model.z_dim, generator=noise)
-    eps = torch.randn(batch_size, recipe.model.cond_dim, generator=noise)
+    z = torch.randn(batch_size, recipe.model.z_dim, generator=noise).to(runtime.device)
+    eps = torch.randn(batch_size, recipe.model.cond_dim, generator=noise).to(runtime.device)
     grad_mode = torch.inference_mode if fast else torch.no_grad
 
     def call(i: int) -> None:
-        with grad_mode():
+        with grad_mode(), runtime.precision.autocast():
             generator(z, text.sentence, text.words, text.mask, eps=eps)
 
     return call, batch_size, info
@@ -418,7 +451,9 @@ def _reference_callable(spec: dict[str, Any]) -> tuple[Callable[[int], Any], int
 
     model, dataset = spec["reference_model"]
     t0 = time.perf_counter()
-    ref = br.build(model, batch=spec["batch"], dataset=dataset, threads=spec.get("threads") or 2)
+    device = spec.get("device") or "cpu"
+    kwargs = {"device": device} if device != "cpu" else {}  # the harness's CPU default, as before
+    ref = br.build(model, batch=spec["batch"], dataset=dataset, threads=spec.get("threads") or 2, **kwargs)
     info: dict[str, Any] = {"build_s": time.perf_counter() - t0}
     if spec["task"] == "train":
 
@@ -441,7 +476,15 @@ def _reference_callable(spec: dict[str, Any]) -> tuple[Callable[[int], Any], int
 def _timed_case(spec: dict[str, Any]) -> dict[str, Any]:
     make = _reference_callable if spec["impl"] == "reference" else _t2i_callable
     call, batch_size, out = make(spec)
-    out.update(time_calls(call, spec["repeat"], spec["warmup"], spec.get("flops", True)))
+    device = torch.device(spec.get("device") or "cpu")
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    out.update(time_calls(call, spec["repeat"], spec["warmup"], spec.get("flops", True), sync=sync))
+    if cuda:
+        out["cuda_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        out["cuda_name"] = torch.cuda.get_device_name(device)
     if spec["task"] == "sample":
         out["images_per_s"] = batch_size / out["seconds"]["median"]
     out["batch"] = batch_size
@@ -561,6 +604,7 @@ def plan(
     implementations: list[str],
     reference_dir: str | None = None,
     flops: bool = True,
+    runtime: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The cases of one bench run, reference first per task (so pairs run close together in time)."""
     reference = REFERENCE_MODELS.get(Path(recipe).stem)
@@ -581,7 +625,10 @@ def plan(
                 "overrides": overrides,
                 "threads": threads,
                 "flops": flops,
+                **(runtime or {}),
             }
+            if impl == "reference":  # the originals run fp32, contiguous, eager: only the device applies
+                spec = {**spec, "precision": None, "channels_last": None, "compile": None}
             if impl == "reference":
                 spec["reference_model"] = list(reference)
                 spec["reference_dir"] = reference_dir
@@ -604,6 +651,8 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "time": mine["seconds"]["median"] / ref["seconds"]["median"],
             "peak_rss": mine["peak_rss_bytes"] / ref["peak_rss_bytes"],
         }
+        if mine.get("cuda_peak_allocated_bytes") and ref.get("cuda_peak_allocated_bytes"):
+            row["cuda_peak"] = mine["cuda_peak_allocated_bytes"] / ref["cuda_peak_allocated_bytes"]
         if mine.get("flops") and ref.get("flops"):
             row["flops"] = mine["flops"] / ref["flops"]
         rows.append(row)

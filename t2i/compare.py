@@ -47,8 +47,11 @@ def unique_names(models: Sequence[LoadedModel]) -> list[str]:
     return out
 
 
-def _generate(model: LoadedModel, captions: Sequence[str], seed: int) -> tuple[Tensor, list[Tensor], list[str]]:
-    """Images (N, 3, S, S) and per-stage maps for the captions in their given order, noise from ``seed``."""
+def _generate(
+    model: LoadedModel, captions: Sequence[str], seed: int, runtime: Any = None
+) -> tuple[Tensor, list[Tensor], list[str]]:
+    """Images (N, 3, S, S) and per-stage maps (on the CPU, fp32) for the captions in their given order."""
+    from t2i.runtime import Runtime
     from t2i.train.samples import caption_batch, generate
 
     vocab = model.vocab
@@ -57,13 +60,17 @@ def _generate(model: LoadedModel, captions: Sequence[str], seed: int) -> tuple[T
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(len(tokens), model.recipe.model.z_dim, generator=gen)
     eps = torch.randn(len(tokens), model.recipe.model.cond_dim, generator=gen)
-    mask_ids = torch.tensor(sorted(vocab.mask_ids))
-    batch = caption_batch([tokens[i] for i in order], vocab.pad_id)
-    with torch.inference_mode():
-        out, _ = generate(model.generator, model.text_encoder, batch, mask_ids, z[order], eps[order])
+    rt = runtime or Runtime()
+    mask_ids = torch.tensor(sorted(vocab.mask_ids), device=rt.device)
+    batch = rt.batch(caption_batch([tokens[i] for i in order], vocab.pad_id))
+    with torch.inference_mode(), rt.precision.autocast():
+        out, _ = generate(
+            model.generator, model.text_encoder, batch, mask_ids, rt.images(z[order]), rt.images(eps[order])
+        )
     inverse = torch.tensor(order).argsort()
     first_words = [vocab.words[t] for t in tokens[0]]
-    return out.images[-1][inverse], [m[inverse] for m in out.attention], first_words
+    images = out.images[-1].float().cpu()
+    return images[inverse], [m.float().cpu()[inverse] for m in out.attention], first_words
 
 
 def shared_metrics(models: Sequence[LoadedModel], names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -106,6 +113,7 @@ def compare(
     *,
     captions: Sequence[str] | None = None,
     seeds: Sequence[int] = (0,),
+    runtime: Any = None,
 ) -> Comparison:
     from t2i import viz
 
@@ -125,7 +133,7 @@ def compare(
     sheets = []
     for name, model in zip(names, models, strict=True):
         for s, seed in enumerate(seeds):
-            images, maps, words = _generate(model, captions, seed)
+            images, maps, words = _generate(model, captions, seed, runtime)
             columns.append((name if len(seeds) == 1 else f"{name} s{seed}", images))
             if s == 0 and maps:
                 rows = [(f"{name} · stage {i + 2}", images[0], stage[0, : len(words)]) for i, stage in enumerate(maps)]

@@ -106,8 +106,12 @@ class LoadedModel:
         return {"sha256": sha256_file(self.path), "path": str(self.path), "step": int(self.state.get("step", 0))}
 
 
-def load_model(checkpoint: str | Path, *, ema: bool = True) -> LoadedModel:
-    """Load a GAN checkpoint (or a run folder's last.pt) for evaluation."""
+def load_model(checkpoint: str | Path, *, ema: bool = True, runtime: Any = None) -> LoadedModel:
+    """Load a GAN checkpoint (or a run folder's last.pt) for evaluation, onto ``runtime``'s device (default CPU).
+
+    Weights are stored in fp32 whatever precision trained them (autocast never changes parameters), so a bf16
+    run's checkpoint samples in fp32 and the other way round.
+    """
     from t2i import recipe as recipe_mod
     from t2i.build import build_generator, build_text_encoder
     from t2i.data.vocab import Vocabulary
@@ -127,6 +131,9 @@ def load_model(checkpoint: str | Path, *, ema: bool = True) -> LoadedModel:
     text_encoder.load_state_dict(state["models"]["text_encoder"])
     generator.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
+    if runtime is not None:
+        generator = runtime.compiled(runtime.module(generator))
+        text_encoder.to(runtime.device)
     run = path.parent.parent if path.parent.name == "checkpoints" else None
     if run is not None and not (run / "config.resolved.toml").is_file():
         run = None
@@ -247,6 +254,7 @@ def evaluate(
     batch_size: int = 50,
     seed: int = 100,
     device: torch.device | str = "cpu",
+    precision: Any = None,
     evaluators: Mapping[str, nn.Module] | None = None,
     training_network_hashes: Mapping[str, str] | None = None,
     run_info: Mapping[str, Any] | None = None,
@@ -261,8 +269,11 @@ def evaluate(
 
     ``dataset`` is the evaluation split (its last image size is the generator's output size). With
     ``skip_unavailable`` a metric that cannot be built (e.g. no image encoder for R-precision) is reported in
-    ``Evaluation.skipped`` instead of raising.
+    ``Evaluation.skipped`` instead of raising. ``precision`` (t2i.runtime.Precision) autocasts generation; the
+    metrics always see fp32 images. Only one batch of images is on the device at a time.
     """
+    from contextlib import nullcontext
+
     from t2i.train.data import make_loader
     from t2i.train.loop import text_features
 
@@ -303,7 +314,8 @@ def evaluate(
     noise = torch.Generator().manual_seed(seed)
     was_training = generator.training
     generator.eval()
-    loader = make_loader(dataset, batch_size, seed, workers=workers)
+    loader = make_loader(dataset, batch_size, seed, workers=workers, pin_memory=device.type == "cuda")
+    autocast = precision.autocast if precision is not None else nullcontext
     done, start = 0, time.perf_counter()
     try:
         with torch.inference_mode():
@@ -314,14 +326,16 @@ def evaluate(
                 batch = _head(batch, take).to(device)
                 z = torch.randn(take, z_dim, generator=noise).to(device)
                 eps = torch.randn(take, cond_dim, generator=noise).to(device)
-                text = text_features(text_encoder, batch, mask_ids)
-                fake = generator(z, text.sentence, text.words, text.mask, eps=eps).images[-1]  # (B, 3, S, S)
+                with autocast():
+                    text = text_features(text_encoder, batch, mask_ids)
+                    fake = generator(z, text.sentence, text.words, text.mask, eps=eps).images[-1]  # (B, 3, S, S)
+                fake = fake.float()
                 info = {
                     "captions": batch.captions,
                     "lengths": batch.lengths,
                     "class_ids": batch.class_ids,
                     "keys": list(batch.keys),
-                    "sentence_embeddings": text.sentence,
+                    "sentence_embeddings": text.sentence.float(),
                     "indices": torch.tensor([index_of[k] for k in batch.keys], dtype=torch.long),
                 }
                 for _name, metric in built:
@@ -449,6 +463,7 @@ def evaluate_trainer(
         batch_size=recipe.eval.batch_size,
         seed=100,  # the same evaluation seed as `t2i eval`, so rows of a run share protocol ids
         device=trainer.device,
+        precision=getattr(trainer, "precision", None),
         evaluators=trained_against if evaluators is None else evaluators,
         training_network_hashes=hashes,
         run_info={"checkpoint": checkpoint},

@@ -204,6 +204,15 @@ class EvalSection(Section):
     best_metric: str | None = Field(None, description="metric whose best value keeps a 'best' checkpoint")
 
 
+class RuntimeSection(Section):
+    """Where and how the networks run; t2i/runtime.py applies it (docs/performance.md)."""
+
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast format; fp32 = originals' math")
+    channels_last: bool = Field(False, description="channels-last memory format for networks and images")
+    compile: bool = Field(False, description="torch.compile the generator and the discriminators")
+
+
 class Recipe(Section):
     """A whole experiment: data, model, training, evaluation."""
 
@@ -216,6 +225,7 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
 
     _source: str = PrivateAttr(default="<recipe>")
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)

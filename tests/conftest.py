@@ -13,6 +13,16 @@ sys.path.insert(0, str(ROOT / "tests"))  # so test modules can import helpers su
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# T2I_TEST_DEVICE=cuda runs the tests with torch's default device set there (the GPU check uses it for the golden
+# parity tests); fixtures load onto it (golden.load) and TF32 is off, so float32 parity keeps its bound.
+TEST_DEVICE = os.environ.get("T2I_TEST_DEVICE", "cpu")
+if TEST_DEVICE != "cpu":
+    import torch
+
+    torch.set_default_device(TEST_DEVICE)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
 
 @pytest.fixture(autouse=True)
 def _isolated_registries():

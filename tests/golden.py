@@ -55,7 +55,7 @@ def fixture_params(pattern: str) -> list[Any]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location=os.environ.get("T2I_TEST_DEVICE", "cpu"), weights_only=True)
 
 
 def is_reduced(ref: Any) -> bool:

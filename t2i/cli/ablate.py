@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from t2i.cli._common import CodeOption, SetOption, console, import_code, user_errors
+from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +35,10 @@ def ablate(
     out: Path = typer.Option(None, "--out", "-o", help="Ablation folder (default: runs/ablate/<base>-<hash>/)."),
     runs: Path = typer.Option(Path("runs"), "--runs", help="Root of the default ablation folder."),
     code: list[Path] = CodeOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    channels_last: bool = ChannelsLastOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Train every variant of a component grid with the same budget and seeds; report mean ± std per variant.
 
@@ -50,7 +55,7 @@ def ablate(
     spec = AblationSpec(
         base=recipe,
         axes={"refiner": list(refiner or []), "alignment": list(alignment or [])},
-        sets=list(sets or []),
+        sets=list(sets or []) + RuntimeFlags(device, precision, channels_last, compile).sets(),
         seeds=seeds,
         steps=steps,
         metrics=list(metric) if metric else None,

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from t2i.cli._common import SetOption, UserError, console, err_console, user_errors
+from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +50,10 @@ def bench(
         "print per-round ratios (robust when other processes share the CPUs; no per-case memory).",
     ),
     isolated: bool = typer.Option(True, "--isolated/--no-isolated", help="Run each case in a fresh process."),
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    channels_last: bool = ChannelsLastOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Measure a recipe's training and sampling speed and memory on synthetic inputs at its real sizes.
 
@@ -71,6 +76,9 @@ def bench(
     if "reference" in implementations:
         _check_reference(ref_dir, Path(path).stem, B)
     B.bench_recipe(path, batch, list(sets or []))  # validate the recipe + overrides once, here, with a clear error
+    flags = RuntimeFlags(device or "cpu", precision, channels_last, compile)
+    runtime = flags.runtime()  # a device this machine lacks is exit 1 here, not in every case
+    runtime_spec = {"device": str(runtime.device), **{k: v for k, v in flags.given().items() if k != "device"}}
 
     torch.set_num_threads(threads)
     peak_before = B.matmul_peak(matmul_size)
@@ -89,6 +97,7 @@ def bench(
         implementations=implementations,
         reference_dir=str(ref_dir),
         flops=not no_flops,
+        runtime=runtime_spec,
     )
     results = []
     for spec in cases if isolated else []:
@@ -124,6 +133,7 @@ def bench(
             "date": dt.datetime.now().isoformat(timespec="seconds"),
             "recipe": path,
             "threads": threads,
+            "runtime": runtime.info(),
             "matmul_peak_before": peak_before,
             "matmul_peak_after": peak_after,
             "results": results,
@@ -171,6 +181,8 @@ def _results_table(results: list[dict], peak: float):
 
     table = Table(title="per case (fresh process each)", show_lines=False)
     columns = ("impl", "task", "B", "median s", "min-max s", "img/s", "GFLOP", "GFLOP/s", "% mm peak", "peak RSS GB")
+    gpu = any(r.get("cuda_peak_allocated_bytes") for r in results)
+    columns += ("GPU peak GB",) if gpu else ()
     for column in columns:
         table.add_column(column, justify="right" if column not in ("impl", "task") else "left")
     table.add_column("others' CPU %", justify="right")
@@ -190,6 +202,7 @@ def _results_table(results: list[dict], peak: float):
             f"{achieved:.0f}" if achieved else "-",
             f"{100 * achieved / peak:.0f}" if achieved else "-",
             _gb(r["peak_rss_bytes"]),
+            *([_gb(r.get("cuda_peak_allocated_bytes") or 0)] if gpu else []),
             f"{100 * (r.get('others_frac') or 0):.0f}",
         )
     for r in results:

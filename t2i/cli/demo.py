@@ -13,19 +13,19 @@ from pathlib import Path
 from t2i.cli._common import console
 
 
-def run_demo(out: Path, steps: int | None, recipe_name: str = "dmgan_shapes") -> Path:
+def run_demo(out: Path, steps: int | None, recipe_name: str = "dmgan_shapes", sets: list[str] | None = None) -> Path:
     from t2i import recipe as recipe_mod
     from t2i.train import run_dir as run_dirs
     from t2i.train.loop import GANTrainer, Stop, install_signal_handlers
     from t2i.train.pretrain import DamsmPretrainer
 
-    recipe = recipe_mod.load(recipe_name)
+    recipe = recipe_mod.load(recipe_name, list(sets or []))
     stop = Stop()
     install_signal_handlers(stop)
     damsm = Path(recipe.train.pretrained.text_encoder)
     if not damsm.exists():
         console.rule("1/2 pretraining the DAMSM text and image encoders")
-        pre_recipe = recipe_mod.load(recipe_name)
+        pre_recipe = recipe_mod.load(recipe_name, list(sets or []))
         pre_recipe.name = f"{pre_recipe.name}-damsm"
         pre_run = run_dirs.create(pre_recipe, out)
         dataset = pre_recipe.data.dataset.build(split="train", image_sizes=[pre_recipe.pretrain.damsm.image_size])

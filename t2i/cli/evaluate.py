@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from t2i.cli._common import CodeOption, SetOption, UserError, console, err_console, import_code, user_errors
+from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +62,10 @@ def evaluate_command(
     ),
     sets: list[str] = SetOption,
     code: list[Path] = CodeOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    channels_last: bool = ChannelsLastOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Generate images with the EMA generator and compute metrics; append one row per metric to eval.jsonl.
 
@@ -84,7 +89,8 @@ def evaluate_command(
     from t2i.evaluate import append_rows, evaluate, load_evaluators, load_model, metric_specs, training_hashes
 
     import_code(code)
-    model = load_model(checkpoint, ema=not live)
+    rt = RuntimeFlags(device, precision, channels_last, compile).runtime()
+    model = load_model(checkpoint, ema=not live, runtime=rt)
     _apply_sets(model, sets)
     recipe = model.recipe
     split = split or recipe.eval.split
@@ -113,6 +119,8 @@ def evaluate_command(
             n=count,
             batch_size=batch_size or recipe.eval.batch_size,
             seed=seed,
+            device=rt.device,
+            precision=rt.precision,
             evaluators=evaluators,
             training_network_hashes=training_hashes(model),
             run_info={"checkpoint": record, "split": split},
@@ -214,6 +222,10 @@ def compare_command(
     seeds: str = typer.Option("0", "--seeds", help="Noise seeds, comma separated: one column per model and seed."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for grid.png, attention.png and metrics.md."),
     code: list[Path] = CodeOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    channels_last: bool = ChannelsLastOption,
+    compile: bool = CompileOption,
 ) -> None:
     """The same captions and noise through several models: image grid, attention maps, shared-protocol metrics.
 
@@ -238,8 +250,9 @@ def compare_command(
         texts = [line.strip() for line in captions.read_text().splitlines() if line.strip()]
         if not texts:
             raise UserError(f"{captions} holds no caption")
-    models = [load_model(c) for c in checkpoints]
-    result = compare(models, out, captions=texts, seeds=seed_list)
+    rt = RuntimeFlags(device, precision, channels_last, compile).runtime()
+    models = [load_model(c, runtime=rt) for c in checkpoints]
+    result = compare(models, out, captions=texts, seeds=seed_list, runtime=rt)
     for name, missing in result.unknown_words.items():
         for text, words in missing.items():
             err_console.print(f"[yellow]{name}:[/] does not know {', '.join(words)} in {text!r}", highlight=False)

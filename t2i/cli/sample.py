@@ -14,17 +14,18 @@ from pathlib import Path
 import typer
 
 from t2i.cli._common import CodeOption, UserError, console, err_console, import_code, user_errors
+from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
 def register(app: typer.Typer) -> None:
     app.command("sample")(sample)
 
 
-def load_generator(checkpoint: Path, *, ema: bool = True):
+def load_generator(checkpoint: Path, *, ema: bool = True, runtime=None):
     """(recipe, generator, text_encoder, vocab) from a t2i GAN checkpoint or run folder."""
     from t2i.evaluate import load_model
 
-    model = load_model(checkpoint, ema=ema)
+    model = load_model(checkpoint, ema=ema, runtime=runtime)
     return model.recipe, model.generator, model.text_encoder, model.vocab
 
 
@@ -69,7 +70,10 @@ def sample(
     n: int = typer.Option(None, "--n", min=1, help="Samples per caption (default: 8 in a grid, 1 per file)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed (same seed, same images)."),
     out: Path = typer.Option(
-        Path("samples.png"), "--out", "-o", help="A .png path: one grid. Anything else: a folder with one PNG per caption and sample."
+        Path("samples.png"),
+        "--out",
+        "-o",
+        help="A .png path: one grid. Anything else: a folder with one PNG per caption and sample.",
     ),
     all_stages: bool = typer.Option(False, "--all-stages", help="Per-caption files: every stage's image too."),
     attention: Path = typer.Option(
@@ -79,7 +83,12 @@ def sample(
         "Folder mode: any value writes one map sheet per caption and sample beside its images.",
     ),
     live: bool = typer.Option(False, "--live", help="Use the live generator instead of the EMA one."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images generated per forward (device memory)."),
     code: list[Path] = CodeOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    channels_last: bool = ChannelsLastOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Generate images for your own captions; unknown words are reported, not silently dropped.
 
@@ -87,6 +96,7 @@ def sample(
     and [bold]t2i sample RUN --captions my_captions.txt -o generated/ --all-stages[/]
     """
     import_code(code)
+    rt = RuntimeFlags(device, precision, channels_last, compile).runtime()
     folder_mode = out.suffix.lower() != ".png" or out.is_dir()
     if captions_file is not None and not folder_mode:
         raise UserError(f"--captions writes one PNG per caption into a folder; -o {out} names a .png file")
@@ -97,7 +107,7 @@ def sample(
         raise UserError("give one or more captions, or --captions FILE")
     n = n or (1 if folder_mode else 8)
 
-    recipe, generator, text_encoder, vocab = load_generator(checkpoint, ema=not live)
+    recipe, generator, text_encoder, vocab = load_generator(checkpoint, ema=not live, runtime=rt)
     chosen = []
     for line, text in lines:
         ids, unknown = vocab.encode(text)
@@ -108,7 +118,7 @@ def sample(
         if not ids:
             raise UserError(f"caption {text!r} has no word the model knows")
         chosen.append(Caption(text, line, vocab.wrap(ids)))
-    images, maps = _generate(recipe, generator, text_encoder, vocab, chosen, n, seed)
+    images, maps = _generate(recipe, generator, text_encoder, vocab, chosen, n, seed, rt, batch_size)
     if folder_mode:
         written = _write_files(out, chosen, images, maps, vocab, n, all_stages, attention is not None)
         console.print(f"wrote {len(written)} images to {out} (index: {out / 'index.tsv'})", markup=False)
@@ -116,8 +126,11 @@ def sample(
         _write_grid(out, attention, chosen, images, maps, vocab, n)
 
 
-def _generate(recipe, generator, text_encoder, vocab, chosen: list[Caption], n: int, seed: int):
-    """Images per stage and maps per refinement stage, for caption i's sample k at row i * n + k."""
+def _generate(recipe, generator, text_encoder, vocab, chosen: list[Caption], n: int, seed: int, rt, batch_size: int):
+    """Images per stage and maps per refinement stage (on the CPU, fp32), for caption i's sample k at row i * n + k.
+
+    One batch of ``batch_size`` is on the device at a time, so device memory does not grow with the sample count.
+    """
     import torch
 
     from t2i.train.samples import caption_batch, generate
@@ -126,19 +139,19 @@ def _generate(recipe, generator, text_encoder, vocab, chosen: list[Caption], n: 
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(len(repeated), recipe.model.z_dim, generator=gen)
     eps = torch.randn(len(repeated), recipe.model.cond_dim, generator=gen)
-    mask_ids = torch.tensor(sorted(vocab.mask_ids))
+    mask_ids = torch.tensor(sorted(vocab.mask_ids), device=rt.device)
     stage_images: list[list] = []
     stage_maps: list[list] = []
-    for start in range(0, len(repeated), 64):  # bounded memory for many samples
-        rows = repeated[start : start + 64]
+    for start in range(0, len(repeated), batch_size):
+        rows = repeated[start : start + batch_size]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # the text encoder wants longest first
         back = torch.tensor(order).argsort()
-        batch = caption_batch([rows[i] for i in order], vocab.pad_id)
+        batch = rt.batch(caption_batch([rows[i] for i in order], vocab.pad_id))
         index = torch.tensor(order) + start
-        with torch.inference_mode():
-            output, _ = generate(generator, text_encoder, batch, mask_ids, z[index], eps[index])
-        stage_images.append([im[back] for im in output.images])
-        stage_maps.append([m[back] for m in output.attention])
+        with torch.inference_mode(), rt.precision.autocast():
+            output, _ = generate(generator, text_encoder, batch, mask_ids, rt.images(z[index]), rt.images(eps[index]))
+        stage_images.append([im.float().cpu()[back] for im in output.images])
+        stage_maps.append([m.float().cpu()[back] for m in output.attention])
     images = [torch.cat([chunk[s] for chunk in stage_images]) for s in range(len(stage_images[0]))]
     maps = [torch.cat([chunk[s] for chunk in stage_maps]) for s in range(len(stage_maps[0]))]
     return images, maps

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from t2i.cli._common import CodeOption, SetOption, UserError, console, import_code, load_recipe, user_errors
+from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 pretrain_app = typer.Typer(
     help="Pretrain the frozen networks: DAMSM encoders and the STREAM captioner.", no_args_is_help=True
@@ -55,9 +56,15 @@ def train(
     runs: Path = typer.Option(Path("runs"), "--runs", help="Root folder for new runs."),
     run_dir: Path = typer.Option(None, "--run-dir", help="Exact folder for a new run (must be empty)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and the networks, then exit."),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes (DDP, gloo) via torchrun."),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Train with N processes via torchrun (DDP; one GPU each on CUDA, nccl; else gloo)."
+    ),
     steps: int = typer.Option(None, "--steps", min=1, help="Stop after this many steps (default: train.steps)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines on the console."),
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    channels_last: bool = ChannelsLastOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Train a GAN from a recipe: D update per stage, G update, EMA; writes a run folder.
 
@@ -69,12 +76,13 @@ def train(
         return
     import torch
 
+    from t2i.runtime import Runtime, warn_once
     from t2i.train import checkpoint as ckpt
     from t2i.train import distributed
     from t2i.train import run_dir as run_dirs
     from t2i.train.loop import GANTrainer, Stop, install_signal_handlers
 
-    info = distributed.init_from_env()
+    sets = list(sets or []) + RuntimeFlags(device, precision, channels_last, compile).sets()
     if resume is not None:
         loaded, run = _recipe_for_resume(resume, sets, code)
     else:
@@ -90,6 +98,9 @@ def train(
             dataset = None
         _print_dry_run(loaded, dataset)
         return
+    runtime = Runtime.from_section(loaded.runtime, local_rank=distributed.local_rank_from_env())
+    warn_once(runtime.warn())
+    info = distributed.init_from_env(runtime.device)
     dataset = _dataset(loaded, "train", image_sizes)
     state = None
     if run is not None:
@@ -108,6 +119,7 @@ def train(
         loaded,
         run,
         dataset,
+        runtime=runtime,
         rank=info.rank,
         world=info.world,
         resume=state,
@@ -187,12 +199,13 @@ def _print_dry_run(recipe, dataset) -> None:
         )
 
 
-def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, quiet, export=None) -> None:
+def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, quiet, export=None, flags=None) -> None:
     from t2i.train import checkpoint as ckpt
     from t2i.train import run_dir as run_dirs
     from t2i.train.loop import Stop, install_signal_handlers
     from t2i.train.pretrain import PRETRAINERS
 
+    sets = list(sets or []) + (flags.sets() if flags is not None else [])
     if resume is not None:
         loaded, run = _recipe_for_resume(resume, sets, code)
         state = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
@@ -236,8 +249,13 @@ def _pretrain_command(kind: str, summary: str, example: str):
         run_dir: Path = typer.Option(None, "--run-dir", help="Exact folder for the new run."),
         quiet: bool = typer.Option(False, "--quiet", "-q"),
         export: Path = typer.Option(None, "--export", help="Also copy the final checkpoint here (what recipes use)."),
+        device: str = DeviceOption,
+        precision: str = PrecisionOption,
+        channels_last: bool = ChannelsLastOption,
+        compile: bool = CompileOption,
     ) -> None:
-        _pretrain(kind, recipe, sets, code, resume, runs, run_dir, quiet, export)
+        flags = RuntimeFlags(device, precision, channels_last, compile)
+        _pretrain(kind, recipe, sets, code, resume, runs, run_dir, quiet, export, flags)
 
     command.__doc__ = f"{summary}\n\n    Example: [bold]{example}[/]\n    "
     command.__name__ = f"pretrain_{kind}"
@@ -265,6 +283,10 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where the demo writes its runs."),
     steps: int = typer.Option(None, "--steps", help="GAN steps (default: the dmgan_shapes recipe's)."),
     code: list[Path] = CodeOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    channels_last: bool = ChannelsLastOption,
+    compile: bool = CompileOption,
 ) -> None:
     """The main job on the built-in synthetic data: pretrain DAMSM, train a small DM-GAN, write samples.
 
@@ -273,4 +295,4 @@ def demo(
     from t2i.cli.demo import run_demo
 
     import_code(code)
-    run_demo(out, steps)
+    run_demo(out, steps, sets=RuntimeFlags(device, precision, channels_last, compile).sets())

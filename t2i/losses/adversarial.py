@@ -21,6 +21,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from t2i.registry import Params, register
+from t2i.runtime import full_precision
 
 __all__ = ["CondUncondLoss", "CondUncondParams"]
 
@@ -33,7 +34,12 @@ class CondUncondParams(Params):
 
 
 def _bce(probabilities: Tensor, target: float) -> Tensor:
-    return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, target))
+    # BCE on probabilities runs in fp32 even under mixed precision (CUDA autocast refuses it as unsafe); for an
+    # fp32 run this is the same call as before.
+    with full_precision(probabilities):
+        if probabilities.dtype in (torch.float16, torch.bfloat16):
+            probabilities = probabilities.float()
+        return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, target))
 
 
 class CondUncondLoss:

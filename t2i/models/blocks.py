@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from t2i.runtime import autocast_inputs
+
 
 class GLU(nn.Module):
     """Gated linear unit over channels: ``a * σ(b)`` for ``[a, b] = split(x, 2, dim=1)``."""
@@ -70,6 +72,7 @@ def up2_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
 
     kernels = torch.cat([k for r in rows for k in cols(r)], dim=0)  # (4O, I, 2, 2), phase a*2 + b major
     phase_bias = None if bias is None else bias.repeat(4)
+    x, kernels, phase_bias = autocast_inputs(x, kernels, phase_bias)  # mixed precision: one type in backward
     return _PhaseConv.apply(x, kernels, phase_bias, weight.shape[0])  # (B, O, 2H, 2W)
 
 
@@ -294,7 +297,8 @@ def bn_glu(x: Tensor, bn: nn.Module) -> Tensor:
     # Only an unmodified BatchNorm2d: a replaced forward or a hook on the module must still run.
     plain_bn = type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats and "forward" not in vars(bn)
     if plain_bn and bn.training and torch.is_grad_enabled() and not (bn._forward_hooks or bn._forward_pre_hooks):
-        return _BatchNormGLU.apply(x, bn.weight, bn.bias, bn)
+        # Statistics in the weights' type (fp32) under mixed precision, as autocast keeps BatchNorm in fp32.
+        return _BatchNormGLU.apply(x.to(bn.weight.dtype), bn.weight, bn.bias, bn)
     return F.glu(bn(x), dim=1)  # eval, no grad, or another norm (SyncBatchNorm under DDP): the plain composition
 
 

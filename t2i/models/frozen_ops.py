@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from t2i.runtime import autocast_inputs
+
 
 def _input_grad_only(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Autograd is recording, x needs a gradient and the weight and bias do not."""
@@ -47,6 +49,7 @@ def frozen_conv_relu(
     Falls back to the plain composition when the weight or bias needs a gradient, or when nothing does.
     """
     if _input_grad_only(x, weight, bias):
+        x, weight, bias = autocast_inputs(x, weight, bias)  # mixed precision: one type in backward
         return _FrozenConvReLU.apply(x, weight, bias, stride, padding, dilation, groups)
     return F.relu(F.conv2d(x, weight, bias, stride, padding, dilation, groups), inplace=True)
 
@@ -79,6 +82,7 @@ def frozen_pool_conv1x1_relu(x: Tensor, weight: Tensor, bias: Tensor | None) -> 
     if weight.shape[-2:] != (1, 1):
         raise ValueError(f"frozen_pool_conv1x1_relu needs a 1x1 kernel, got {tuple(weight.shape[-2:])}")
     if _input_grad_only(x, weight, bias):
+        x, weight, bias = autocast_inputs(x, weight, bias)
         return _FrozenConvPoolReLU.apply(x, weight, bias)
     y = F.avg_pool2d(F.conv2d(x, weight), kernel_size=3, stride=1, padding=1)
     return F.relu(y if bias is None else y + bias[:, None, None], inplace=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from t2i.runtime import full_precision
+
 __all__ = ["SpectralNorm", "l2_normalize"]
 
 
@@ -48,12 +50,19 @@ class SpectralNorm(nn.Module):
         module.register_parameter("weight_bar", nn.Parameter(weight.detach().clone()))
 
     def sigma(self) -> Tensor:
-        """One power iteration (mutating u, v), then σ = u·(W v), differentiable w.r.t. weight_bar."""
+        """One power iteration (mutating u, v), then σ = u·(W v), differentiable w.r.t. weight_bar.
+
+        Always in fp32: under mixed precision autocast is switched off here (σ of a bf16 weight is coarse).
+        """
+        with full_precision(self.module.weight_bar):
+            return self._sigma()
+
+    def _sigma(self) -> Tensor:
         module = self.module
         weight_bar = module.weight_bar
         height = weight_bar.shape[0]
         with torch.no_grad():
-            matrix = weight_bar.view(height, -1)
+            matrix = weight_bar.reshape(height, -1)  # a view, unless the weight is channels-last (then a copy)
             u, v = module.weight_u, module.weight_v
             for _ in range(self.power_iterations):
                 v = l2_normalize(matrix.t() @ u, self.eps)
@@ -63,7 +72,7 @@ class SpectralNorm(nn.Module):
             # depend on this when D runs several times before one backward.
             module.weight_v.data.copy_(v)
             module.weight_u.data.copy_(u)
-        return torch.dot(module.weight_u, weight_bar.view(height, -1) @ module.weight_v)
+        return torch.dot(module.weight_u, weight_bar.reshape(height, -1) @ module.weight_v)
 
     def normalized_weight(self) -> Tensor:
         return self.module.weight_bar / self.sigma()

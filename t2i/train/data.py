@@ -86,7 +86,9 @@ def make_loader(
     start_batch: int = 0,
     rank: int = 0,
     world: int = 1,
+    pin_memory: bool = False,
 ) -> DataLoader:
+    """The resumable loader; ``pin_memory`` (for a CUDA run) makes the host-to-GPU copies asynchronous."""
     batches = ResumableBatches(len(dataset), batch_size, seed, start_batch=start_batch, rank=rank, world=world)  # type: ignore[arg-type]
     return DataLoader(
         SeededItems(dataset, seed),
@@ -94,4 +96,5 @@ def make_loader(
         collate_fn=dataset.collate,  # type: ignore[attr-defined]
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=pin_memory,
     )

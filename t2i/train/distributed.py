@@ -1,4 +1,4 @@
-"""Multi-process training with torchrun (DistributedDataParallel on the gloo backend for CPUs; issue 6 item 8).
+"""Multi-process training with torchrun (DistributedDataParallel: gloo on CPUs, nccl with one GPU per process).
 
 One DDP wrapper per network. Rank ``r`` takes every ``world``-th item of each global batch
 (t2i.train.data.ResumableBatches), seeds with ``seed + r``, and only rank 0 logs and writes checkpoints.
@@ -39,13 +39,27 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_from_env() -> DistInfo:
-    """Join the process group torchrun describes in the environment (a no-op for one process)."""
+def local_rank_from_env() -> int | None:
+    """torchrun's LOCAL_RANK (this process's GPU on its node), None for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_from_env(device: torch.device | str = "cpu") -> DistInfo:
+    """Join the process group torchrun describes in the environment (a no-op for one process).
+
+    On CUDA each rank drives ``cuda:<LOCAL_RANK>`` (set before the group exists, as nccl needs) with the nccl
+    backend; on the CPU the backend is gloo.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    device = torch.device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo" if not torch.cuda.is_available() else "nccl")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 

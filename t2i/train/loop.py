@@ -24,11 +24,12 @@ import t2i
 from t2i.batch import Batch, TextFeatures
 from t2i.losses.kl import kl_loss
 from t2i.recipe import Recipe
+from t2i.runtime import Runtime
 from t2i.train import checkpoint as ckpt
 from t2i.train import rng
 from t2i.train.data import make_loader
 from t2i.train.ema import EMA, ema_decay
-from t2i.train.heap import release_before_backward_of, release_free_heap
+from t2i.train.heap import release_before_backward_of
 from t2i.train.networks import Networks, SetupError, build_networks
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
@@ -85,7 +86,8 @@ class GANTrainer:
         run: RunDir,
         dataset,
         *,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
+        runtime: Runtime | None = None,
         rank: int = 0,
         world: int = 1,
         resume: dict[str, Any] | None = None,
@@ -93,19 +95,22 @@ class GANTrainer:
         quiet: bool = False,
     ):
         self.recipe, self.run, self.dataset = recipe, run, dataset
-        self.device = torch.device(device)
+        # device/precision/memory format: `runtime`, else the recipe's [runtime] (with `device` overriding its device)
+        self.runtime = runtime or Runtime.from_section(recipe.runtime, device=device)
+        self.device, self.precision = self.runtime.device, self.runtime.precision
         self.rank, self.world = rank, world
         self.quiet = quiet
         self.vocab = dataset.vocab
         self.mask_ids = torch.tensor(sorted(self.vocab.mask_ids), dtype=torch.long, device=self.device)
-        if recipe.train.threads:
-            torch.set_num_threads(recipe.train.threads)
+        self.runtime.set_threads(recipe.train.threads)
         torch.use_deterministic_algorithms(recipe.train.deterministic, warn_only=True)
 
         # The same seed on every rank while building: identical networks everywhere, the frozen ones included
         # (DDP syncs only what it wraps, and a "random" text encoder would otherwise differ per rank).
         rng.seed_everything(recipe.seed)
         self.nets: Networks = build_networks(recipe, self.vocab, device=self.device, pretrain_hint=recipe.source)
+        for net in (self.nets.generator, self.nets.discriminators, *self.nets.frozen.values()):
+            self.runtime.module(net)  # channels_last when asked (before the EMA copy, so both match)
         if world > 1:
             rng.seed_everything(recipe.seed + rank)  # per-rank randomness from here on
         t = recipe.train
@@ -116,6 +121,9 @@ class GANTrainer:
         ]
         # Trainable D parameters (spectral-norm u/v vectors are Parameters without gradients).
         self.d_trainable = [[p for p in d.parameters() if p.requires_grad] for d in self.nets.discriminators]
+        # One loss scaler per optimiser (fp16 only; pass-through otherwise): D and G losses differ in size.
+        self.scaler_g = self.precision.scaler()
+        self.scaler_d = [self.precision.scaler() for _ in self.opt_d]
         self.ema = EMA(self.nets.generator, ema_decay(t.ema.decay, t.ema.half_life_steps), t.ema.include_buffers)
         self.noise = torch.Generator().manual_seed(recipe.seed * 1000 + rank)  # z and CA noise of training steps
         self.step = 0
@@ -129,6 +137,8 @@ class GANTrainer:
             from t2i.train.distributed import wrap_ddp
 
             self.g_model, self.d_models = wrap_ddp(self.nets.generator, self.nets.discriminators)
+        if self.runtime.compile:
+            self._compile()
         from t2i.train.samples import SampleWriter
 
         self.samples = (
@@ -159,6 +169,7 @@ class GANTrainer:
             "optimizers": {
                 "generator": self.opt_g.state_dict(),
                 "discriminators": [o.state_dict() for o in self.opt_d],
+                "scalers": [s.state_dict() for s in (self.scaler_g, *self.scaler_d)],
             },
             "rng": rng.capture({"noise": self.noise}),
             "data": {"batches_consumed": self.step, "seed": self.recipe.seed},
@@ -178,7 +189,9 @@ class GANTrainer:
                 net.load_state_dict(models[role])
         self.opt_g.load_state_dict(state["optimizers"]["generator"])
         for opt, sd in zip(self.opt_d, state["optimizers"]["discriminators"], strict=True):
-            opt.load_state_dict(sd)
+            opt.load_state_dict(sd)  # Optimizer.load_state_dict moves the moments to each parameter's device
+        for scaler, sd in zip((self.scaler_g, *self.scaler_d), state["optimizers"].get("scalers", []), strict=False):
+            scaler.load_state_dict(sd)
         rng.restore(state["rng"], {"noise": self.noise})
         self.step = int(state["step"])
         self.best = dict(state.get("metrics", {}).get("best", {}))
@@ -225,56 +238,72 @@ class GANTrainer:
             return [Recomputed(d) for d in cores]
         return cores
 
+    def _compile(self) -> None:
+        """torch.compile G and (in one process) each D; the parameters are shared, so state dicts are unchanged."""
+        self.g_model = self.runtime.compiled(self.g_model)
+        if self.world == 1:
+            compiled = {id(d): self.runtime.compiled(d) for d in self.nets.discriminators}
+            self.d_models = [compiled[id(d)] for d in self.d_models]
+            self.d_for_g = [compiled.get(id(d), d) for d in self.d_for_g]  # recomputed Ds stay eager
+
     def train_step(self, batch: Batch) -> dict[str, float] | None:
-        nets, adv = self.nets, self.nets.adversarial
+        nets, adv, amp = self.nets, self.nets.adversarial, self.precision.autocast
         self.opt_g.zero_grad(set_to_none=True)  # the last step's G gradients are spent: free them before G's forward
-        release_free_heap()  # what the previous step freed, before this step's generator forward
-        batch = batch.to(self.device)
-        text = text_features(nets.text_encoder, batch, self.mask_ids)
+        self.runtime.release_host_memory()  # what the previous step freed, before this step's generator forward
+        batch = self.runtime.batch(batch)
+        with amp():
+            text = text_features(nets.text_encoder, batch, self.mask_ids)
         B, m = len(batch), self.recipe.model
         noise = item_noise(batch.keys, self.step, self.recipe.seed, m.z_dim, m.cond_dim)
         if noise is None:  # no usable item keys: one stream per rank
             noise = (torch.randn(B, m.z_dim, generator=self.noise), torch.randn(B, m.cond_dim, generator=self.noise))
-        z, eps = (t.to(self.device) for t in noise)
+        z, eps = (t.to(self.device, non_blocking=True) for t in noise)
         self.g_model.train()
-        out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
-        # When G's backward starts, D's and the encoders' activations are freed: give their heap pages back first.
-        release_before_backward_of(out.images[-1])
+        with amp():
+            out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
+        if self.runtime.is_cpu:
+            # When G's backward starts, D's and the encoders' activations are freed: give their heap pages back first.
+            release_before_backward_of(out.images[-1])
         logs: dict[str, float] = {}
 
         # D update per stage, on the detached fakes.
         for i, (d, opt) in enumerate(zip(self.d_models, self.opt_d, strict=True)):
             _set_requires_grad(self.d_trainable[i], True)
             opt.zero_grad(set_to_none=True)
-            loss_d, d_logs = adv.discriminator_loss(d, batch.images[i], out.images[i].detach(), text.sentence)
+            with amp():
+                loss_d, d_logs = adv.discriminator_loss(d, batch.images[i], out.images[i].detach(), text.sentence)
             if not self._check(f"D{i}", loss_d):
                 return None
-            loss_d.backward()
-            opt.step()
+            self.scaler_d[i].backward(loss_d)
+            self.scaler_d[i].step(opt)
             opt.zero_grad(set_to_none=True)  # D's gradients are spent: not kept through the G update (memory)
             logs[f"loss/D{i}"] = loss_d.item()
             logs.update({f"D{i}/{k}": float(v) for k, v in d_logs.items()})
 
         # G update: D weights get no gradients (nothing would use them; the originals computed and discarded them).
         terms: dict[str, Tensor] = {}
-        for i, d in enumerate(self.d_for_g):
-            _set_requires_grad(self.d_trainable[i], False)
-            loss_g, _ = adv.generator_loss(d, out.images[i], text.sentence)
-            terms[f"G{i}"] = loss_g
-        for name, term in zip(nets.alignment_names, nets.alignment, strict=True):
-            value, sub = term(out.images[-1], text)
-            terms[name] = value
-            logs.update({f"{name}/{k}": float(v.detach()) for k, v in sub.items()})
-        terms["kl"] = self.recipe.train.kl_weight * kl_loss(out.mu, out.logvar)
+        with amp():
+            for i, d in enumerate(self.d_for_g):
+                _set_requires_grad(self.d_trainable[i], False)
+                loss_g, _ = adv.generator_loss(d, out.images[i], text.sentence)
+                terms[f"G{i}"] = loss_g
+            for name, term in zip(nets.alignment_names, nets.alignment, strict=True):
+                value, sub = term(out.images[-1], text)
+                terms[name] = value
+                logs.update({f"{name}/{k}": float(v.detach()) for k, v in sub.items()})
+            terms["kl"] = self.recipe.train.kl_weight * kl_loss(out.mu, out.logvar)
         for name, value in terms.items():
             if not self._check(name, value):
                 return None
-        total = torch.stack(list(terms.values())).sum()
-        total.backward()
-        self.opt_g.step()
+        # at least fp32 (mixed-precision terms differ in type; a no-op for fp32 and float64 runs)
+        total = torch.stack([v.to(torch.promote_types(v.dtype, torch.float32)) for v in terms.values()]).sum()
+        self.scaler_g.backward(total)
+        self.scaler_g.step(self.opt_g)
         self.ema.update(nets.generator)
         logs["loss/G"] = total.item()
         logs.update({f"loss/{k}": v.item() for k, v in terms.items()})
+        if self.scaler_g.enabled:  # fp16: steps the scalers skipped for inf/NaN gradients, so far
+            logs["amp/skipped_steps"] = float(sum(s.skipped for s in (self.scaler_g, *self.scaler_d)))
         return logs
 
     # -- the run --------------------------------------------------------------------------
@@ -299,6 +328,7 @@ class GANTrainer:
             start_batch=self.step,
             rank=self.rank,
             world=world,
+            **self.runtime.loader_options(),
         )
         self.progress = Progress(
             total, start=self.step, enabled=self.rank == 0 and not self.quiet, description=self.recipe.name or "train"
@@ -310,13 +340,22 @@ class GANTrainer:
             )
         elif self.rank == 0:
             self.log(f"resumed at step {self.step} of {total}")
+        if self.rank == 0:
+            self.log(self.runtime.describe())
+            self.run.record_runtime(self.runtime.info())
         last_path = self.run.checkpoints / "last.pt"
         window_start, window_images = time.perf_counter(), 0
         with self.progress:
             iterator = iter(loader)
             while self.step < total:
                 batch = next(iterator)
-                logs = self.train_step(batch)
+                if self.runtime.compile and self.runtime.compile_seconds == 0.0:
+                    with self.runtime.timing_compile():  # compilation happens in the first step: timed apart
+                        logs = self.train_step(batch)
+                    self.log(f"first step (torch.compile included): {self.runtime.compile_seconds:.1f} s")
+                    window_start = time.perf_counter()
+                else:
+                    logs = self.train_step(batch)
                 self.step += 1  # a skipped batch still counts: the data order stays aligned with the step
                 if logs is not None:
                     window_images += len(batch) * world

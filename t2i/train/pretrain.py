@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import t2i
 from t2i.build import build_text_encoder
 from t2i.recipe import Recipe
+from t2i.runtime import Runtime
 from t2i.train import checkpoint as ckpt
 from t2i.train import rng
 from t2i.train.data import make_loader
@@ -40,13 +41,22 @@ class Pretrainer:
     kind = ""
 
     def __init__(
-        self, recipe: Recipe, run: RunDir, dataset, *, resume: dict[str, Any] | None = None, quiet: bool = False
+        self,
+        recipe: Recipe,
+        run: RunDir,
+        dataset,
+        *,
+        resume: dict[str, Any] | None = None,
+        quiet: bool = False,
+        runtime: Runtime | None = None,
     ):
         self.recipe, self.run, self.dataset, self.quiet = recipe, run, dataset, quiet
+        self.runtime = runtime or Runtime.from_section(recipe.runtime)
         self.vocab = dataset.vocab
         rng.seed_everything(recipe.seed)
         self.step = 0
-        self.modules = self.build()
+        self.modules = {name: self.runtime.module(m) for name, m in self.build().items()}
+        self.scaler = self.runtime.precision.scaler()  # one optimiser (re-created per epoch): one scaler
         self.optimizer = self.make_optimizer(self.lr_for_epoch(0))
         if resume is not None:
             self.load_state(resume)
@@ -113,10 +123,17 @@ class Pretrainer:
         s = self.settings
         total = s.epochs * self.per_epoch
         loader = make_loader(
-            self.dataset, s.batch_size, self.recipe.seed, workers=self.recipe.data.workers, start_batch=self.step
+            self.dataset,
+            s.batch_size,
+            self.recipe.seed,
+            workers=self.recipe.data.workers,
+            start_batch=self.step,
+            **self.runtime.loader_options(),
         )
         keeper = ckpt.CheckpointKeeper(self.run.checkpoints, keep=self.recipe.train.keep_checkpoints)
         self.run.log(f"pretrain {self.kind}: {s.epochs} epochs x {self.per_epoch} steps, batch {s.batch_size}")
+        self.run.log(self.runtime.describe())
+        self.run.record_runtime(self.runtime.info())
         last = keeper.last
         sums: dict[str, float] = {}
         count, window_start = 0, time.perf_counter()
@@ -127,13 +144,16 @@ class Pretrainer:
                     self.on_epoch_start(self.epoch_of(self.step))
                 for m in self.modules.values():
                     m.train()
-                loss, logs = self.loss(next(iterator))
+                with self.runtime.precision.autocast():
+                    loss, logs = self.loss(self.runtime.batch(next(iterator)))
                 if not torch.isfinite(loss):
                     raise ckpt.CheckpointError(f"pretrain {self.kind}: loss is {loss.item()} at step {self.step + 1}")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.scaler.backward(loss)
+                if self.scaler.enabled:
+                    self.scaler.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
                 self.before_step()
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)
                 self.step += 1
                 count += 1
                 for k, v in logs.items():

@@ -44,6 +44,17 @@ class RunDir:
         with self.metrics_file.open("a") as handle:
             handle.write(json.dumps(row, sort_keys=True) + "\n")
 
+    def record_runtime(self, info: dict[str, Any]) -> None:
+        """Add the resolved device and precision to env.json (written before the runtime is known)."""
+        env_file = self.path / "env.json"
+        try:
+            env = json.loads(env_file.read_text())
+        except (OSError, ValueError):
+            env = {}
+        env.setdefault("runtimes", []).append(info)  # one entry per start (a resume may change the device)
+        env["device"] = info.get("device_name", env.get("device"))
+        env_file.write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
+
     def log(self, line: str) -> None:
         stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         with self.log_file.open("a") as handle:
