@@ -33,7 +33,14 @@ class CondUncondParams(Params):
 
 
 def _bce(probabilities: Tensor, target: float) -> Tensor:
-    return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, target))
+    """BCE, or NaN when a probability is not finite (a diverged network), so the loop's loss check can name the term.
+
+    ``F.binary_cross_entropy`` refuses such inputs (an exception on CPU, a device assert on CUDA); masking them
+    needs no host sync, and for finite inputs value and gradient are exactly those of the plain call.
+    """
+    bad = ~torch.isfinite(probabilities)
+    loss = F.binary_cross_entropy(probabilities.masked_fill(bad, 0.5), torch.full_like(probabilities, target))
+    return loss.masked_fill(bad.any(), float("nan"))
 
 
 class CondUncondLoss:
