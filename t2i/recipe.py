@@ -93,7 +93,8 @@ def components_list(kind: str, names: list[str] | None = None, **kwargs: Any) ->
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan parse as TOML floats; a learning rate, weight or beta of inf/nan only makes a run diverge later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # -- sections ----------------------------------------------------------------------
@@ -150,7 +151,14 @@ class TrainSection(Section):
     sample_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(3, ge=0, description="periodic checkpoints kept besides last and best")
-    nan_policy: Literal["stop", "skip"] = "stop"
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop",
+        description='a NaN/Inf loss or network: "stop" (exit 1, naming it) or "skip" the batch / go back to the '
+        "last good checkpoint",
+    )
+    finite_check_every: int = Field(
+        50, ge=1, description="steps between NaN/Inf checks of the networks (always done before a checkpoint)"
+    )
     deterministic: bool = False
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     recompute: list[str] = Field(

@@ -58,7 +58,7 @@ REGISTER_HINT = (
 class Params(BaseModel):
     """Base class for component parameters: strict about unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf/nan weights only diverge
 
 
 class ComponentError(LookupError):

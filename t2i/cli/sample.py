@@ -1,8 +1,8 @@
 """``t2i sample CHECKPOINT "caption" ...``: images from your own captions, with the checkpoint's vocabulary.
 
 Two outputs: ``-o NAME.png``, one grid (each caption under its row of ``--n`` samples); ``-o FOLDER`` (any path
-not ending in .png; ``--captions FILE`` needs one), one PNG per caption and sample as AttnGAN's ``gen_example`` writes them (``--all-stages`` adds each stage's
-image, ``--attention`` the attention/memory maps).
+not ending in .png; ``--captions FILE`` needs one), one PNG per caption and sample as AttnGAN's ``gen_example``
+writes them (``--all-stages`` adds each stage's image, ``--attention`` the attention/memory maps).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,17 +24,55 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
-def _recipe_for_resume(resume: Path, sets: list[str] | None, code: list[Path] | None):
+def _recipe_for_resume(resume: Path, sets: list[str] | None, code: list[Path] | None, extra: tuple[str, ...] = ()):
+    """-> (the stored recipe with the ``--set`` overrides, the run folder, the keys they changed).
+
+    Only keys that cannot change what was trained may change (t2i/train/resume.py); others are refused here.
+    """
     from t2i import recipe as recipe_mod
+    from t2i.train.resume import check_resume_changes
     from t2i.train.run_dir import open_existing
 
     import_code(code)
     run = open_existing(resume)
-    data = recipe_mod.read_toml(run.path / "config.resolved.toml")
-    data = recipe_mod.apply_overrides(data, list(sets or []))
-    return recipe_mod.validate(
-        data, str(run.path / "config.resolved.toml"), list(sets or []), import_plugins=False
-    ), run
+    source = str(run.path / "config.resolved.toml")
+    stored = recipe_mod.read_toml(run.path / "config.resolved.toml")
+    recipe = recipe_mod.validate(
+        recipe_mod.apply_overrides(stored, list(sets or [])), source, list(sets or []), import_plugins=False
+    )
+    changed = check_resume_changes(
+        recipe_mod.validate(stored, source, import_plugins=False).to_dict(), recipe.to_dict(), extra
+    )
+    return recipe, run, changed
+
+
+def _lock(run, info):
+    """The run folder's lock on the process that writes there (rank 0); other ranks take none."""
+    import contextlib
+
+    from t2i.train.lock import RunLock
+
+    if not info.is_main:
+        return contextlib.nullcontext()
+    return RunLock(run.path, log=lambda line: console.print(f"[yellow]note:[/] {line}", highlight=False))
+
+
+def _resume_bookkeeping(run, state: dict, sets: list[str] | None, recipe) -> None:
+    """Logs back to the checkpoint's step (a resumed run writes the later rows again); record accepted --set."""
+    run.truncate_logs(int(state["step"]))
+    if sets:
+        run.record_resume(int(state["step"]), list(sets), recipe.to_toml())
+
+
+@contextlib.contextmanager
+def _removed_if_it_fails(run, enabled: bool = True):
+    """A start that fails before its first checkpoint leaves no half-made run folder behind."""
+    try:
+        yield
+    except BaseException:
+        if enabled and run.remove_failed_start():
+            console.print(f"[yellow]note:[/] removed {run.path}: the run failed before its first checkpoint")
+        raise
 
 
 def _dataset(recipe, split: str, image_sizes: list[int]):
@@ -74,17 +113,15 @@ def train(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(nproc)
         return
-    import torch
-
     from t2i.runtime import Runtime, warn_once
     from t2i.train import checkpoint as ckpt
     from t2i.train import distributed
     from t2i.train import run_dir as run_dirs
-    from t2i.train.loop import GANTrainer, Stop, install_signal_handlers
 
     sets = list(sets or []) + RuntimeFlags(device, precision, channels_last, compile).sets()
+    changed: list[str] = []
     if resume is not None:
-        loaded, run = _recipe_for_resume(resume, sets, code)
+        loaded, run, changed = _recipe_for_resume(resume, sets, code)
     else:
         if recipe is None:
             raise UserError("give a RECIPE (or --resume RUN_DIR)")
@@ -101,29 +138,46 @@ def train(
     runtime = Runtime.from_section(loaded.runtime, local_rank=distributed.local_rank_from_env())
     warn_once(runtime.warn())
     info = distributed.init_from_env(runtime.device)
-    dataset = _dataset(loaded, "train", image_sizes)
-    state = None
     if run is not None:
-        keeper = ckpt.CheckpointKeeper(run.checkpoints)
-        if keeper.last.exists():
-            try:
-                ckpt.load(keeper.last)
-            except ckpt.CheckpointError as exc:
-                console.print(f"[yellow]warning:[/] {exc}; falling back to the newest periodic checkpoint")
-        state = keeper.latest_good()
-        console.print(f"resuming {run.path} from step {state['step']} ({Path(state['_path']).name})")
-    else:
-        path = run_dirs.create(loaded, runs, run_dir=run_dir).path if info.is_main else None
-        run = run_dirs.RunDir(Path(distributed.broadcast_text(str(path) if path else None, info)))
+        with _lock(run, info):
+            dataset = _dataset(loaded, "train", image_sizes)
+            keeper = ckpt.CheckpointKeeper(run.checkpoints)
+            if keeper.last.exists():
+                try:
+                    ckpt.load(keeper.last)
+                except ckpt.CheckpointError as exc:
+                    console.print(f"[yellow]warning:[/] {exc}; falling back to the newest periodic checkpoint")
+            state = keeper.latest_good()
+            console.print(f"resuming {run.path} from step {state['step']} ({Path(state['_path']).name})")
+            if info.is_main:
+                _resume_bookkeeping(run, state, sets, loaded)
+            if steps is None and "train.steps" in changed:
+                state["steps_option"] = None  # a new train.steps replaces the --steps the run was started with
+            _train(loaded, run, dataset, state, info, steps, quiet, runtime)
+        return
+    dataset = _dataset(loaded, "train", image_sizes)
+    created = run_dirs.create(loaded, runs, run_dir=run_dir) if info.is_main else None
+    path = distributed.broadcast_text(str(created.path) if created else None, info)
+    run = created or run_dirs.RunDir(Path(path))
+    with _lock(run, info), _removed_if_it_fails(run, enabled=info.is_main):
+        _train(loaded, run, dataset, None, info, steps, quiet, runtime)
+
+
+def _train(recipe, run, dataset, state, info, steps, quiet, runtime) -> None:
+    import torch
+
+    from t2i.train import distributed
+    from t2i.train.loop import GANTrainer, Stop, install_signal_handlers
+
     trainer = GANTrainer(
-        loaded,
+        recipe,
         run,
         dataset,
         runtime=runtime,
         rank=info.rank,
         world=info.world,
         resume=state,
-        sample_dataset=_sample_split(loaded, image_sizes),
+        sample_dataset=_sample_split(recipe, recipe.stage_sizes()),
         quiet=quiet,
     )
     stop = Stop()
@@ -202,25 +256,31 @@ def _print_dry_run(recipe, dataset) -> None:
 def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, quiet, export=None, flags=None) -> None:
     from t2i.train import checkpoint as ckpt
     from t2i.train import run_dir as run_dirs
+    from t2i.train.distributed import DistInfo
     from t2i.train.loop import Stop, install_signal_handlers
     from t2i.train.pretrain import PRETRAINERS
 
     sets = list(sets or []) + (flags.sets() if flags is not None else [])
     if resume is not None:
-        loaded, run = _recipe_for_resume(resume, sets, code)
-        state = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
+        resumable = (f"pretrain.{kind}.epochs", f"pretrain.{kind}.snapshot_every")
+        loaded, run, _ = _recipe_for_resume(resume, sets, code, resumable)
     else:
         if recipe is None:
             raise UserError("give a RECIPE (or --resume RUN_DIR)")
         loaded = load_recipe(recipe, sets, code)
         loaded.name = f"{loaded.name}-{kind}"
-        run, state = run_dirs.create(loaded, runs, run_dir=run_dir), None
-    size = loaded.pretrain.damsm.image_size if kind == "damsm" else loaded.stage_sizes()[-1]
-    dataset = _dataset(loaded, "train", [size])
-    trainer = PRETRAINERS[kind](loaded, run, dataset, resume=state, quiet=quiet)
-    stop = Stop()
-    install_signal_handlers(stop)
-    last = trainer.fit(stop)
+        run = run_dirs.create(loaded, runs, run_dir=run_dir)
+    with _lock(run, DistInfo()), _removed_if_it_fails(run, enabled=resume is None):
+        state = None
+        if resume is not None:
+            state = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
+            _resume_bookkeeping(run, state, sets, loaded)
+        size = loaded.pretrain.damsm.image_size if kind == "damsm" else loaded.stage_sizes()[-1]
+        dataset = _dataset(loaded, "train", [size])
+        trainer = PRETRAINERS[kind](loaded, run, dataset, resume=state, quiet=quiet)
+        stop = Stop()
+        install_signal_handlers(stop)
+        last = trainer.fit(stop)
     if export is not None and not stop.signal_name:
         import shutil
 

@@ -34,12 +34,19 @@ class CondUncondParams(Params):
 
 
 def _bce(probabilities: Tensor, target: float) -> Tensor:
-    # BCE on probabilities runs in fp32 even under mixed precision (CUDA autocast refuses it as unsafe); for an
-    # fp32 run this is the same call as before.
+    """BCE in fp32, or NaN when a probability is not finite (a diverged network), so the loop's loss check can name
+    the term.
+
+    ``F.binary_cross_entropy`` refuses non-finite inputs (an exception on CPU, a device assert on CUDA); masking them
+    needs no host sync, and for finite inputs value and gradient are exactly those of the plain call. It runs in
+    fp32 even under mixed precision (CUDA autocast refuses BCE on probabilities as unsafe).
+    """
     with full_precision(probabilities):
         if probabilities.dtype in (torch.float16, torch.bfloat16):
             probabilities = probabilities.float()
-        return F.binary_cross_entropy(probabilities, torch.full_like(probabilities, target))
+        bad = ~torch.isfinite(probabilities)
+        loss = F.binary_cross_entropy(probabilities.masked_fill(bad, 0.5), torch.full_like(probabilities, target))
+        return loss.masked_fill(bad.any(), float("nan"))
 
 
 class CondUncondLoss:

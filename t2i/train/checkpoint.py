@@ -170,6 +170,9 @@ class CheckpointKeeper:
         return self.folder / "last.pt"
 
     def save(self, state: dict[str, Any], step: int, *, periodic: bool) -> list[Path]:
+        from t2i.train.finite import require_finite_state  # never a NaN checkpoint, whoever trains
+
+        require_finite_state(state, self.last)
         remove_stale_temps(self.folder)
         written = [save_atomic(state, self.last)]
         if periodic and self.keep > 0:
@@ -179,6 +182,9 @@ class CheckpointKeeper:
 
     def save_best(self, state: dict[str, Any], metric: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", metric)
+        from t2i.train.finite import require_finite_state
+
+        require_finite_state(state, self.folder / f"best-{safe}.pt")
         return save_atomic(state, self.folder / f"best-{safe}.pt")
 
     def periodic(self) -> list[Path]:

@@ -97,4 +97,7 @@ def make_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
+        # Its own generator: creating the iterator draws a worker base seed, which would otherwise come from the
+        # global torch RNG, so a resumed run's global RNG state would drift from the uninterrupted run's.
+        generator=torch.Generator().manual_seed(_item_seed(seed, start_batch, rank)),
     )

@@ -29,14 +29,18 @@ from t2i.train import checkpoint as ckpt
 from t2i.train import rng
 from t2i.train.data import make_loader
 from t2i.train.ema import EMA, ema_decay
+from t2i.train.finite import NonFiniteError, nonfinite_groups
 from t2i.train.heap import release_before_backward_of
 from t2i.train.networks import Networks, SetupError, build_networks
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
 
 
-class NonFiniteLossError(RuntimeError):
-    t2i_user_error = True
+class NonFiniteLossError(NonFiniteError):
+    """A loss term is NaN or Inf."""
+
+
+_MAX_RESTORES_IN_A_ROW = 3  # nan_policy=skip: a run that diverges again right after each restore is stopped
 
 
 @dataclass
@@ -127,6 +131,8 @@ class GANTrainer:
         self.ema = EMA(self.nets.generator, ema_decay(t.ema.decay, t.ema.half_life_steps), t.ema.include_buffers)
         self.noise = torch.Generator().manual_seed(recipe.seed * 1000 + rank)  # z and CA noise of training steps
         self.step = 0
+        self.steps_option: int | None = None  # `--steps`, kept with the run so that a resume stops there too
+        self._restores_in_a_row = 0
         self.best: dict[str, float] = {}
         self.g_model: nn.Module = self.nets.generator
         self.d_models: list[nn.Module] = list(self.nets.discriminators)
@@ -175,9 +181,21 @@ class GANTrainer:
             "data": {"batches_consumed": self.step, "seed": self.recipe.seed},
             "metrics": {"best": dict(self.best)},
             "world_size": self.world,
+            "steps_option": self.steps_option,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        self._load_networks(state)
+        rng.restore(state["rng"], {"noise": self.noise})
+        self.step = int(state["step"])
+        self.steps_option = state.get("steps_option")
+        self.best = dict(state.get("metrics", {}).get("best", {}))
+        if state.get("world_size", 1) != self.world:
+            # Per-rank noise streams (used only without item keys) cannot be split or merged: re-derive them.
+            self.noise.manual_seed(self.recipe.seed * 1000 + self.rank + 7919 * self.step)
+
+    def _load_networks(self, state: dict[str, Any]) -> None:
+        """Networks, EMA and optimiser states; the learning rates are the recipe's (a resume may change them)."""
         models = state["models"]
         self.nets.generator.load_state_dict(models["generator"])
         self.ema.load_state_dict(models["generator_ema"])
@@ -192,26 +210,79 @@ class GANTrainer:
             opt.load_state_dict(sd)  # Optimizer.load_state_dict moves the moments to each parameter's device
         for scaler, sd in zip((self.scaler_g, *self.scaler_d), state["optimizers"].get("scalers", []), strict=False):
             scaler.load_state_dict(sd)
-        rng.restore(state["rng"], {"noise": self.noise})
-        self.step = int(state["step"])
-        self.best = dict(state.get("metrics", {}).get("best", {}))
-        if state.get("world_size", 1) != self.world:
-            # Per-rank noise streams (used only without item keys) cannot be split or merged: re-derive them.
-            self.noise.manual_seed(self.recipe.seed * 1000 + self.rank + 7919 * self.step)
+        t = self.recipe.train
+        for opt, lr in [(self.opt_g, t.lr_g), *((o, t.lr_d) for o in self.opt_d)]:
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     # -- one iteration ------------------------------------------------------------------------
     def _check(self, name: str, value: Tensor) -> bool:
+        """A loss term before its backward: False when the batch is to be skipped (nan_policy=skip)."""
         from t2i.train.distributed import all_finite
 
         if all_finite(value, self.world):  # every rank calls this for the same terms: they skip or stop together
             return True
+        what = f"loss term {name!r} is {value.item()}"
+        if not self.check_networks(self.step + 1, full=False, reason=what):
+            return False  # the networks themselves had diverged: restored (skip) or stopped inside
         if self.recipe.train.nan_policy == "skip":
             self.log(f"step {self.step + 1}: loss term {name} is {value.item()}; skipping this batch (nan_policy=skip)")
             return False
         raise NonFiniteLossError(
-            f"loss term {name!r} is {value.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
-            f'{self.run.checkpoints / "last.pt"} (set train.nan_policy = "skip" to skip such batches instead)'
+            f"{what} at step {self.step + 1}; stopped. The last good checkpoint is {self._last_good()} "
+            '(set train.nan_policy = "skip" to skip such batches instead)'
         )
+
+    def _network_groups(self, full: bool) -> dict[str, list[Tensor]]:
+        """Every trained tensor by network (parameters and buffers); with ``full`` the optimiser states too."""
+        groups: dict[str, list[Tensor]] = {
+            "generator": [*self.nets.generator.parameters(), *self.nets.generator.buffers()],
+            "generator EMA": [*self.ema.model.parameters(), *self.ema.model.buffers()],
+        }
+        for i, d in enumerate(self.nets.discriminators):
+            groups[f"discriminator {i}"] = [*d.parameters(), *d.buffers()]
+        if full:
+            optimisers = {"generator": self.opt_g, **{f"discriminator {i}": o for i, o in enumerate(self.opt_d)}}
+            for name, opt in optimisers.items():
+                groups[f"{name} optimiser state"] = [t for per_param in opt.state.values() for t in per_param.values()]
+        return groups
+
+    def _last_good(self) -> str:
+        last = self.run.checkpoints / "last.pt"
+        return str(last) if last.exists() else "none (no checkpoint written yet)"
+
+    def check_networks(self, step: int, *, full: bool, reason: str = "") -> bool:
+        """NaN/Inf in the networks (and with ``full`` the optimiser states)? True when all finite.
+
+        Otherwise nan_policy=stop raises naming the networks; nan_policy=skip loads networks and optimiser states
+        from the last good checkpoint (the updates since are dropped; step, data order and RNG go on) -> False.
+        """
+        bad = nonfinite_groups(self._network_groups(full), self.world)
+        if not bad:
+            self._restores_in_a_row = 0
+            return True
+        what = f"step {step}: {', '.join(bad)} hold NaN or Inf values"
+        if reason:
+            what += f" ({reason})"
+        last = self._last_good()
+        if self.recipe.train.nan_policy == "stop":
+            raise NonFiniteError(f"{what}; stopped. The last good checkpoint is {last}")
+        self._restores_in_a_row += 1
+        if self._restores_in_a_row > _MAX_RESTORES_IN_A_ROW:
+            raise NonFiniteError(
+                f"{what} again after {_MAX_RESTORES_IN_A_ROW} restores in a row; stopped (the training diverges "
+                f"from the last good checkpoint {last}: lower the learning rates?)"
+            )
+        try:
+            state = ckpt.CheckpointKeeper(self.run.checkpoints).latest_good()
+        except ckpt.CheckpointError:
+            raise NonFiniteError(f"{what}; no good checkpoint to go back to yet, so stopped") from None
+        self._load_networks(state)
+        self.log(
+            f"{what}; restored the networks and optimiser states of step {state['step']} from "
+            f"{Path(state['_path']).name} and continuing (nan_policy=skip)"
+        )
+        return False
 
     def _recompute_setup(self, targets: list[str]) -> list[Any]:
         """Install ``train.recompute`` (t2i/train/recompute.py); -> the discriminators as the G update calls them.
@@ -317,7 +388,9 @@ class GANTrainer:
 
     def fit(self, steps: int | None = None, stop: Stop | None = None) -> Path:
         t = self.recipe.train
-        total = steps if steps is not None else t.steps
+        if steps is not None:
+            self.steps_option = steps
+        total = self.steps_option if self.steps_option is not None else t.steps
         stop = stop or Stop()
         world = self.world
         loader = make_loader(
@@ -360,6 +433,8 @@ class GANTrainer:
                 if logs is not None:
                     window_images += len(batch) * world
                     self.progress.update(self.step, logs)
+                    if self.step % t.finite_check_every == 0 and not self.check_networks(self.step, full=False):
+                        logs = None  # this step's update was dropped: nothing to log
                 if self.rank == 0 and logs is not None and (self.step % t.log_every == 0 or self.step == total):
                     elapsed = time.perf_counter() - window_start
                     row = {
@@ -377,6 +452,8 @@ class GANTrainer:
                 improved = self.maybe_evaluate()
                 periodic = self.step % t.checkpoint_every == 0
                 if periodic or self.step == total or stop.signal_name or improved:
+                    # Never a NaN checkpoint: under nan_policy=skip this writes the restored last good state.
+                    self.check_networks(self.step, full=True)
                     last_path = self.save(periodic=periodic, best=improved)
                 if stop.signal_name:
                     self.log(

@@ -23,6 +23,7 @@ class RunDirError(RuntimeError):
 @dataclass
 class RunDir:
     path: Path
+    created: bool = False  # this process made the folder (so a failed start may remove it)
 
     @property
     def checkpoints(self) -> Path:
@@ -60,6 +61,57 @@ class RunDir:
         with self.log_file.open("a") as handle:
             handle.write(f"[{stamp}] {line}\n")
 
+    def truncate_logs(self, step: int) -> None:
+        """Keep the rows of metrics.jsonl and eval.jsonl up to ``step``: a resumed run logs the later ones again."""
+        for path in (self.metrics_file, self.path / "eval.jsonl"):
+            truncate_jsonl(path, step)
+
+    def record_resume(self, step: int, overrides: list[str], resolved_toml: str) -> None:
+        """Append the overrides a resume accepted, with the step they took effect at; rewrite the resolved recipe."""
+        with (self.path / "overrides.txt").open("a") as handle:
+            handle.write(f"# resumed at step {step}\n" + "".join(f"{o}\n" for o in overrides))
+        write_atomic(self.path / "config.resolved.toml", resolved_toml)
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoints.is_dir() and any(self.checkpoints.glob("*.pt"))
+
+    def remove_failed_start(self) -> bool:
+        """After a start that failed before its first checkpoint: remove what this process created. -> removed?"""
+        if self.has_checkpoint():
+            return False
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:  # an empty folder given with --run-dir: empty it again, so the same command can be re-run
+            for child in self.path.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        return True
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop rows with ``step`` > ``step`` (and a torn last line), rewriting the file atomically if anything goes."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed process
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or row["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        write_atomic(path, "".join(kept))
+
 
 def recipe_hash(resolved_toml: str) -> str:
     return hashlib.sha256(resolved_toml.encode()).hexdigest()[:8]
@@ -75,6 +127,7 @@ def create(recipe, root: str | Path = "runs", *, run_dir: str | Path | None = No
         path = Path(run_dir)
     if path.exists() and any(path.iterdir()):
         raise RunDirError(f"run folder {path} exists and is not empty; use --resume {path} to continue it")
+    created = not path.exists()
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     (path / "samples").mkdir(exist_ok=True)
     source = Path(recipe.source)
@@ -83,7 +136,7 @@ def create(recipe, root: str | Path = "runs", *, run_dir: str | Path | None = No
     (path / "overrides.txt").write_text("".join(f"{o}\n" for o in recipe.overrides))
     (path / "config.resolved.toml").write_text(resolved)
     (path / "env.json").write_text(json.dumps(environment(recipe.seed), indent=2, sort_keys=True) + "\n")
-    return RunDir(path)
+    return RunDir(path, created=created)
 
 
 def open_existing(path: str | Path) -> RunDir:
