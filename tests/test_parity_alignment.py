@@ -17,8 +17,7 @@ from golden import check, fixture_params, load, precision
 import t2i.encoders.damsm_image  # noqa: F401  (registers before conftest snapshots the registries)
 import t2i.encoders.stream_captioner  # noqa: F401
 from t2i.encoders.stream_captioner import packed_targets
-from t2i.legacy import load_into, to_original, to_t2i
-from t2i.legacy import merge_stream_checkpoints, split_stream_checkpoint
+from t2i.legacy import load_into, merge_stream_checkpoints, split_stream_checkpoint, to_original, to_t2i
 from t2i.losses.damsm import sentence_loss, words_loss
 from t2i.losses.kl import kl_loss
 from t2i.registry import get_registry
