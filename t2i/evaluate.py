@@ -303,7 +303,7 @@ def evaluate(
     noise = torch.Generator().manual_seed(seed)
     was_training = generator.training
     generator.eval()
-    loader = make_loader(dataset, batch_size, seed, workers=workers)
+    loader = make_loader(dataset, batch_size, seed, workers=workers, setting="eval.batch_size")
     done, start = 0, time.perf_counter()
     try:
         with torch.inference_mode():

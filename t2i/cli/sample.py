@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from t2i.cli._common import CodeOption, UserError, console, err_console, import_code, user_errors
+from t2i.cli._common import CodeOption, UserError, check_output, console, err_console, import_code, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -41,13 +42,19 @@ def sample(
     from t2i import viz
     from t2i.train.samples import caption_batch, generate
 
+    check_output(out, "--out")
+    if attention is not None:
+        check_output(attention, "--attention")
     import_code(code)
     recipe, generator, text_encoder, vocab = load_generator(checkpoint, ema=not live)
     tokens = []
     for text in captions:
         ids, unknown = vocab.encode(text)
         if unknown:
-            err_console.print(f"[yellow]warning:[/] not in the vocabulary, left out of {text!r}: {', '.join(unknown)}")
+            err_console.print(
+                f"[yellow]warning:[/] not in the vocabulary, left out of {escape(repr(text))}: "
+                + escape(", ".join(unknown))
+            )
         if not ids:
             raise UserError(f"caption {text!r} has no word the model knows")
         tokens.append(vocab.wrap(ids))
@@ -68,7 +75,7 @@ def sample(
         maps.append([m for m in output.attention])
     grid = viz.caption_grid(torch.cat(images), [captions[i] for i in order], columns=n)
     viz.save_png(grid, out)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {out}", markup=False)
     if attention is not None:
         sheets = []
         for row, i in enumerate(order):
@@ -84,4 +91,4 @@ def sample(
                 sheets.append(viz.attention_sheet(rows, words, title=captions[i]))
         if sheets:
             viz.save_png(viz.stack_vertical(sheets), attention)
-            console.print(f"wrote {attention}")
+            console.print(f"wrote {attention}", markup=False)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from t2i.cli._common import CodeOption, SetOption, UserError, console, import_code, load_recipe, user_errors
 
@@ -84,7 +85,9 @@ def train(
         try:
             dataset = _dataset(loaded, "train", image_sizes)
         except Exception as exc:  # the networks can be shown without the data
-            console.print(f"[yellow]note:[/] data set not loaded ({exc}); the text encoder needs its vocabulary")
+            console.print(
+                f"[yellow]note:[/] data set not loaded ({escape(str(exc))}); the text encoder needs its vocabulary"
+            )
             dataset = None
         _print_dry_run(loaded, dataset)
         return
@@ -96,9 +99,9 @@ def train(
             try:
                 ckpt.load(keeper.last)
             except ckpt.CheckpointError as exc:
-                console.print(f"[yellow]warning:[/] {exc}; falling back to the newest periodic checkpoint")
+                console.print(f"[yellow]warning:[/] {escape(str(exc))}; falling back to the newest periodic checkpoint")
         state = keeper.latest_good()
-        console.print(f"resuming {run.path} from step {state['step']} ({Path(state['_path']).name})")
+        console.print(f"resuming {run.path} from step {state['step']} ({Path(state['_path']).name})", markup=False)
     else:
         path = run_dirs.create(loaded, runs, run_dir=run_dir).path if info.is_main else None
         run = run_dirs.RunDir(Path(distributed.broadcast_text(str(path) if path else None, info)))
@@ -118,7 +121,7 @@ def train(
     last = trainer.fit(steps=steps, stop=stop)
     distributed.shutdown(info)
     if info.is_main:
-        console.print(f"run folder: {run.path}\nlast checkpoint: {last}\nsamples: {run.samples}")
+        console.print(f"run folder: {run.path}\nlast checkpoint: {last}\nsamples: {run.samples}", markup=False)
     if stop.signal_name:
         raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143)
 
@@ -146,7 +149,7 @@ def _launch_torchrun(nproc: int) -> None:
         "t2i",
         *cleaned,
     ]
-    console.print("launching: " + " ".join(command), highlight=False)
+    console.print("launching: " + " ".join(command), highlight=False, markup=False)
     raise typer.Exit(subprocess.call(command))
 
 

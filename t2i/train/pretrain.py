@@ -113,7 +113,12 @@ class Pretrainer:
         s = self.settings
         total = s.epochs * self.per_epoch
         loader = make_loader(
-            self.dataset, s.batch_size, self.recipe.seed, workers=self.recipe.data.workers, start_batch=self.step
+            self.dataset,
+            s.batch_size,
+            self.recipe.seed,
+            workers=self.recipe.data.workers,
+            start_batch=self.step,
+            setting=f"pretrain.{self.kind}.batch_size",
         )
         keeper = ckpt.CheckpointKeeper(self.run.checkpoints, keep=self.recipe.train.keep_checkpoints)
         self.run.log(f"pretrain {self.kind}: {s.epochs} epochs x {self.per_epoch} steps, batch {s.batch_size}")
