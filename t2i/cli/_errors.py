@@ -20,7 +20,6 @@ from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any, TypeVar
 
-import click
 import typer
 from rich.markup import escape
 
@@ -259,6 +258,11 @@ def handle(exc: BaseException) -> int:
     return 1
 
 
+def _is_cli_exit(exc: BaseException) -> bool:
+    """typer.Exit, Abort and usage errors: click's classes, or the copies a typer version vendors."""
+    return any(cls.__module__.split(".")[0] in ("click", "typer") for cls in type(exc).__mro__)
+
+
 def guarded(func: F) -> F:
     """Wrap a command so that every exception leaving it goes through ``handle`` (idempotent)."""
     if getattr(func, "_t2i_guarded", False):
@@ -268,9 +272,9 @@ def guarded(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise  # typer's own exits and usage errors keep their codes (0, 1, 2)
         except (Exception, KeyboardInterrupt) as exc:
+            if _is_cli_exit(exc):
+                raise  # typer's own exits and usage errors keep their codes (0, 1, 2)
             code = handle(exc)
             raise typer.Exit(code) from None
 
