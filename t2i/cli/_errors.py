@@ -151,13 +151,15 @@ def _out_of_memory(exc: BaseException, tb: TracebackType | None) -> str:
     first = first if len(first) < 200 else first[:200] + "..."
     device = "GPU" if "CUDA" in str(exc) or type(exc).__name__ == "OutOfMemoryError" else "CPU"
     recipe = _recipe_in(tb)
-    now = ""
+    now, example = "", "a smaller value"
     if recipe is not None:
-        now = f" (now data.batch_size={recipe.data.batch_size}, model.gf_dim={recipe.model.gf_dim})"
+        batch = recipe.data.batch_size
+        now = f" (now data.batch_size={batch}, model.gf_dim={recipe.model.gf_dim}, model.df_dim={recipe.model.df_dim})"
+        example = f"--set data.batch_size={max(1, batch // 2)}"
     return (
         f"out of {device} memory: {first}\n"
         f"the model or the batch does not fit: lower data.batch_size or the model's widths (model.gf_dim, "
-        f"model.df_dim){now}, e.g. --set data.batch_size=8, or use a machine with more memory"
+        f"model.df_dim){now}, e.g. {example}, or use a machine with more memory"
     )
 
 
@@ -168,7 +170,7 @@ def _is_size_mismatch(exc: BaseException) -> bool:
 
 def _size_mismatch(exc: BaseException, tb: TracebackType | None) -> str:
     where = _checkpoint_in(tb) or "the checkpoint"
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line.strip().rstrip(".") for line in str(exc).splitlines() if line.strip()]
     detail = "; ".join(lines[1:4]) if len(lines) > 1 else (lines[0] if lines else "")
     more = f" (and {len(lines) - 4} more)" if len(lines) > 4 else ""
     return (
