@@ -314,7 +314,9 @@ def evaluate(
     noise = torch.Generator().manual_seed(seed)
     was_training = generator.training
     generator.eval()
-    loader = make_loader(dataset, batch_size, seed, workers=workers, pin_memory=device.type == "cuda")
+    loader = make_loader(
+        dataset, batch_size, seed, workers=workers, pin_memory=device.type == "cuda", setting="eval.batch_size"
+    )
     autocast = precision.autocast if precision is not None else nullcontext
     done, start = 0, time.perf_counter()
     try:

@@ -1,7 +1,8 @@
 """The ``t2i`` command line: one typer app, a sub-module per command group.
 
 Commands import torch only inside their bodies, so ``t2i --help`` stays fast.
-Exit codes: 0 success, 1 user error (clear message, no traceback), 2 usage error.
+Exit codes: 0 success, 1 an error with a message (never a traceback unless --debug), 2 usage error,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM, training checkpoints first).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 
 import typer
 
-from t2i.cli import _common, components, config
+from t2i.cli import _common, _errors, components, config
 
 app = typer.Typer(
     name="t2i",
@@ -43,15 +44,22 @@ def _root(
     version: bool = typer.Option(
         False, "--version", is_eager=True, callback=_print_version, help="Print the t2i version and exit."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback of an internal error here (also: T2I_DEBUG=1)."
+    ),
 ) -> None:
+    _errors.debug = debug
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(2)
 
 
+# One rule for every command, including those a module registered without the decorator.
+_errors.guard_all(app)
+
+
 def main() -> None:
     try:
         app()
-    except _common.UserError as exc:  # raised outside typer's own handling
-        _common.print_error(str(exc))
-        sys.exit(1)
+    except (Exception, KeyboardInterrupt) as exc:  # raised outside a command, e.g. while registering one
+        sys.exit(_errors.handle(exc))

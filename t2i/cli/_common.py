@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
-from collections.abc import Callable
+import os
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from t2i.cli import _errors
 
 console = Console()
 err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 # Command groups that arrive with later features; each registers itself if present.
 _OPTIONAL_COMMANDS = (
@@ -38,47 +37,32 @@ class UserError(Exception):
     """An error caused by the user's input: shown as a message, exit code 1."""
 
 
-def print_error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+# Every command goes through the same handling (t2i/cli/_errors.py); the decorator on a command is kept for
+# readers, and t2i/cli/__init__.py wraps any command registered without it.
+print_error = _errors.print_error
+user_errors = _errors.guarded
 
 
-def user_errors(func: F) -> F:
-    """Turn the toolkit's user-facing exceptions into a message and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from t2i.recipe import RecipeError
-        from t2i.registry import ComponentError
-
-        try:
-            return func(*args, **kwargs)
-        except RecipeError as exc:
-            print_error(f"invalid recipe {exc.source}")
-            for problem in exc.problems:
-                err_console.print(f"  - {problem}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except (ComponentError, UserError, FileNotFoundError) as exc:
-            print_error(str(exc))
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            print_error("interrupted")
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            handled = _domain_error(exc)
-            if handled is None:
-                raise
-            print_error(handled)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _domain_error(exc: Exception) -> str | None:
-    """Messages for error types defined in modules that may import torch (checked lazily)."""
-    for cls in type(exc).__mro__:
-        if getattr(cls, "t2i_user_error", False):
-            return str(exc)
-    return None
+def check_output(path: Path, option: str, *, folder: bool = False) -> Path:
+    """Fail before the work, not after it, when ``path`` cannot be written: make its parent (or itself, for a
+    folder) and name the part of the path that is in the way."""
+    path = Path(path)
+    target = path if folder else path.parent
+    for part in [target, *target.parents]:
+        if part.exists() and not part.is_dir():
+            raise UserError(f"{option} {path}: {part} is a file, not a folder; choose another path")
+    if path.exists() and not folder and not path.is_file():
+        # an atomic write would replace it (as root, even a device such as /dev/null)
+        raise UserError(f"{option} {path}: exists and is not a regular file; choose another path")
+    if path.is_file() and folder:
+        raise UserError(f"{option} {path}: is a file; give a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot create folder {target}: {exc.strerror or exc}") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: the folder {target} is not writable; choose another path")
+    return path
 
 
 CodeOption = typer.Option(
@@ -113,4 +97,6 @@ def report_plugin_errors() -> None:
     from t2i.registry import plugin_errors
 
     for name, reason in plugin_errors().items():
-        err_console.print(f"[yellow]warning:[/] plugin {name} failed to load: {reason}", highlight=False)
+        err_console.print(
+            f"[yellow]warning:[/] plugin {escape(name)} failed to load: {escape(str(reason))}", highlight=False
+        )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from t2i.cli._common import CodeOption, SetOption, console, import_code, user_errors
+from t2i.cli._common import CodeOption, SetOption, check_output, console, import_code, user_errors
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
@@ -51,6 +52,7 @@ def ablate(
 
     from t2i.ablate import AblationSpec, run_ablation, summarise
 
+    check_output(out if out is not None else runs, "--out" if out is not None else "--runs", folder=True)
     import_code(code)
     spec = AblationSpec(
         base=recipe,
@@ -63,19 +65,19 @@ def ablate(
         out=out,
         runs_root=runs,
     )
-    folder, results = run_ablation(spec, log=lambda line: console.print(line, highlight=False))
+    folder, results = run_ablation(spec, log=lambda line: console.print(line, highlight=False, markup=False))
     grid = list(dict.fromkeys(r.variant for r in results))
     metrics, rows = summarise(grid, results)
-    table = Table(title=f"{recipe}: mean ± std over {seeds} seed(s), {steps} steps")
+    table = Table(title=escape(f"{recipe}: mean ± std over {seeds} seed(s), {steps} steps"))
     table.add_column("variant")
     for name in metrics:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
     cells = {(r["variant"], r["metric"]): r for r in rows}
     for variant in grid:
         values = []
         for name in metrics:
             r = cells.get((variant.label, name))
             values.append("-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}")
-        table.add_row(variant.label, *values)
+        table.add_row(escape(variant.label), *values)
     console.print(table)
-    console.print(f"results: {folder / 'results.md'}, {folder / 'results.csv'}, {folder / 'results.png'}")
+    console.print(f"results: {folder / 'results.md'}, {folder / 'results.csv'}, {folder / 'results.png'}", markup=False)

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from t2i.cli._common import SetOption, UserError, console, err_console, user_errors
+from t2i.cli._common import SetOption, UserError, check_output, console, err_console, user_errors
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
@@ -65,6 +66,8 @@ def bench(
     from t2i.recipe import find_recipe
 
     path = str(find_recipe(recipe))
+    if json_out is not None:
+        check_output(json_out, "--json")
     tasks = _tasks(what)
     implementations = list(impl or ["t2i", "t2i-fast"])
     for name in implementations:
@@ -83,7 +86,7 @@ def bench(
     torch.set_num_threads(threads)
     peak_before = B.matmul_peak(matmul_size)
     console.print(
-        f"[bold]{Path(path).stem}[/] · {threads} threads · matmul {matmul_size}² fp32 peak "
+        f"[bold]{escape(Path(path).stem)}[/] · {threads} threads · matmul {matmul_size}² fp32 peak "
         f"{peak_before['gflops_best']:.0f} GFLOP/s (others used {100 * peak_before['others_frac']:.0f}% of the CPUs)"
     )
     cases = B.plan(
@@ -105,7 +108,7 @@ def bench(
         try:
             result = B.run_isolated(spec)
         except RuntimeError as exc:
-            err_console.print(f"\n[red]{exc}[/]")
+            err_console.print(f"\n[red]{escape(str(exc))}[/]")
             continue
         results.append(result)
         others = result.get("others_frac") or 0.0
@@ -141,7 +144,7 @@ def bench(
         }
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(payload, indent=1))
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {json_out}", markup=False)
 
 
 def _tasks(what: str) -> list[str]:

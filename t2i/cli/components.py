@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from t2i.cli._common import CodeOption, console, import_code, report_plugin_errors, user_errors
 
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         for k in kinds:
             reg = get_registry(k)
             entries = reg.entries(pattern)
-            table = Table(title=f"{k}  [dim]{reg.description}[/]", title_justify="left", show_lines=verbose)
+            table = Table(title=f"{k}  [dim]{escape(reg.description)}[/]", title_justify="left", show_lines=verbose)
             table.add_column("name", style="bold cyan", no_wrap=True)
             table.add_column("version", justify="right")
             table.add_column("description")
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
                         )
                         params.append(f"{name}: {_type_name(info.annotation)} = {default}")
                     row += ["\n".join(params) or "-", entry.defined_at]
-                table.add_row(*row)
+                table.add_row(*[escape(cell) for cell in row])  # descriptions, reprs, paths: not markup
             if not entries:
                 table.add_row("-", "", "(none registered)", *([""] * (2 if verbose else 0)))
             console.print(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from t2i.cli._common import CodeOption, SetOption, console, load_recipe, report_plugin_errors, user_errors
 
@@ -46,5 +47,5 @@ def validate(
     for path in recipes:
         loaded = load_recipe(path, sets, code)
         names = ", ".join(f"{p}={c.entry.name}" for p, _k, c in loaded.components())
-        console.print(f"[green]ok[/] {loaded.source}  [dim]{names}[/]", highlight=False)
+        console.print(f"[green]ok[/] {escape(str(loaded.source))}  [dim]{escape(names)}[/]", highlight=False)
     report_plugin_errors()

@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from t2i.cli._common import UserError, console, err_console, user_errors
+from t2i.cli._common import UserError, check_output, console, err_console, user_errors
 
 data_app = typer.Typer(help="Create, check and convert text-image data sets.", no_args_is_help=True)
 
@@ -107,6 +108,8 @@ def make_shapes_cmd(
     """
     from t2i.data.shapes_gen import make_shapes
 
+    check_output(out, "OUT", folder=True)
+
     if size not in (64, 128, 256):
         raise UserError(f"--size must be 64, 128 or 256, got {size}")
     try:
@@ -116,11 +119,11 @@ def make_shapes_cmd(
         raise UserError(str(exc)) from None
     seconds = time.perf_counter() - start
     console.print(
-        f"[green]wrote[/] {n} images ({size} px, seed {seed}) with 10 captions each to {out} "
+        f"[green]wrote[/] {n} images ({size} px, seed {seed}) with 10 captions each to {escape(str(out))} "
         f"in {seconds:.1f} s ({n / seconds:,.0f} images/s)",
         highlight=False,
     )
-    console.print(f"check it with: t2i data check {out}", highlight=False)
+    console.print(f"check it with: t2i data check {out}", highlight=False, markup=False)
 
 
 @data_app.command("check")
@@ -150,7 +153,7 @@ def check(
             elif not mode.startswith("RGB ("):
                 modes[mode] = modes.get(mode, 0) + 1
 
-    table = Table(title=f"{meta.root} ({kind}, metadata from {meta.source})", title_justify="left")
+    table = Table(title=escape(f"{meta.root} ({kind}, metadata from {meta.source})"), title_justify="left")
     for column in ("split", "images", "classes", "captions", "per image (min/mean/max)"):
         table.add_column(column, justify="right" if column != "split" else "left")
     total = 0
@@ -158,7 +161,7 @@ def check(
         counts = [len(c) for c in info.captions] or [0]
         total += len(info.keys)
         table.add_row(
-            name,
+            escape(name),
             f"{len(info.keys):,}",
             f"{len(set(info.class_ids)):,}",
             f"{sum(counts):,}",
@@ -168,6 +171,7 @@ def check(
     console.print(
         f"vocabulary: {len(meta.vocab):,} words, convention {meta.vocab.convention}, sha256 {meta.vocab.sha256()}",
         highlight=False,
+        markup=False,
     )
     if total == 0:
         problems.append(f"{meta.root}: the data set is empty (no image keys in any split)")
@@ -175,7 +179,7 @@ def check(
         # Not a problem: training converts each to RGB the same way (docs/data.md, image modes).
         console.print(f"note: {count:,} image(s) in mode {mode}", highlight=False, markup=False)
     for line in meta.warnings[:20]:
-        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if len(meta.warnings) > 20:
         err_console.print(f"[yellow]warning:[/] ... and {len(meta.warnings) - 20} more", highlight=False)
     if problems:
@@ -210,7 +214,7 @@ def convert(
         raise UserError(f"{len(meta.problems)} problem(s) in {path}; fix them or pass --skip-bad")
     out = write_metadata(meta)
     console.print(
-        f"[green]wrote[/] {out} ({out.stat().st_size / 1e6:.1f} MB; {len(meta.vocab):,} words, "
+        f"[green]wrote[/] {escape(str(out))} ({out.stat().st_size / 1e6:.1f} MB; {len(meta.vocab):,} words, "
         f"vocab sha256 {meta.vocab.sha256()[:16]}, from {meta.source})",
         highlight=False,
     )

@@ -34,9 +34,9 @@ def run_demo(out: Path, steps: int | None, recipe_name: str = "dmgan_shapes", se
             raise SystemExit(130)
         damsm.parent.mkdir(parents=True, exist_ok=True)
         damsm.write_bytes(Path(last).read_bytes())
-        console.print(f"DAMSM encoders: {damsm}  (run folder {pre_run.path})")
+        console.print(f"DAMSM encoders: {damsm}  (run folder {pre_run.path})", markup=False)
     else:
-        console.print(f"using the pretrained DAMSM encoders in {damsm}")
+        console.print(f"using the pretrained DAMSM encoders in {damsm}", markup=False)
     console.rule("2/2 training DM-GAN on the synthetic shapes")
     run = run_dirs.create(recipe, out)
     sizes = recipe.stage_sizes()
@@ -47,12 +47,14 @@ def run_demo(out: Path, steps: int | None, recipe_name: str = "dmgan_shapes", se
     grids = sorted(run.samples.glob("step_*.png"))
     maps = sorted(run.samples.glob("attention_step_*.png"))
     console.rule("done")
-    console.print(f"run folder:      {run.path}")
-    console.print(f"checkpoint:      {last}")
+    console.print(f"run folder:      {run.path}", markup=False)
+    console.print(f"checkpoint:      {last}", markup=False)
     if grids:
-        console.print(f"sample grid:     {grids[-1]}")
+        console.print(f"sample grid:     {grids[-1]}", markup=False)
     if maps:
-        console.print(f"memory maps:     {maps[-1]}")
-    console.print(f"losses per step: {run.metrics_file}")
-    console.print(f'try:             t2i sample {last} "a big red circle above a small blue square" -o grid.png')
+        console.print(f"memory maps:     {maps[-1]}", markup=False)
+    console.print(f"losses per step: {run.metrics_file}", markup=False)
+    console.print(
+        f'try:             t2i sample {last} "a big red circle above a small blue square" -o grid.png', markup=False
+    )
     return run.path

@@ -5,8 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from t2i.cli._common import CodeOption, SetOption, UserError, console, err_console, import_code, user_errors
+from t2i.cli._common import (
+    CodeOption,
+    SetOption,
+    UserError,
+    check_output,
+    console,
+    err_console,
+    import_code,
+    user_errors,
+)
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
@@ -88,6 +98,8 @@ def evaluate_command(
 
     from t2i.evaluate import append_rows, evaluate, load_evaluators, load_model, metric_specs, training_hashes
 
+    if write_images is not None:
+        check_output(write_images, "--write-images", folder=True)
     import_code(code)
     rt = RuntimeFlags(device, precision, channels_last, compile).runtime()
     model = load_model(checkpoint, ema=not live, runtime=rt)
@@ -131,12 +143,14 @@ def evaluate_command(
             on_batch=lambda done: bar.update(task, completed=done),
         )
     for name, reason in result.skipped.items():
-        err_console.print(f"[yellow]skipped {name}:[/] {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped {escape(name)}:[/] {escape(str(reason))}", highlight=False, soft_wrap=True)
     step = int(model.state.get("step", 0))
     rows = [{**row, "step": step} for row in result.rows]
     path = append_rows(model.eval_file, rows)
 
-    table = Table(title=f"{recipe.name} step {step}: {result.images} images, {result.images_per_s:.1f} images/s")
+    table = Table(
+        title=escape(f"{recipe.name} step {step}: {result.images} images, {result.images_per_s:.1f} images/s")
+    )
     for column in ("metric", "value", "± std", "n", "protocol", "details"):
         table.add_column(column, justify="right" if column in ("value", "± std", "n") else "left")
     for row in rows:
@@ -144,12 +158,14 @@ def evaluate_command(
         judge = row["protocol"].get("judge_is_trainer")
         note = " (judge = trainer)" if judge else ""
         table.add_row(
-            row["metric"] + note, _format(row["value"]), _format(row["std"]), str(row["n"]), row["protocol_id"], details
+            *map(escape, (row["metric"] + note, _format(row["value"]), _format(row["std"]), str(row["n"]))),
+            escape(row["protocol_id"]),
+            escape(details),
         )
     console.print(table)
     if write_images is not None:
-        console.print(f"images: {write_images}")
-    console.print(f"appended {len(rows)} row(s) to {path}")
+        console.print(f"images: {write_images}", markup=False)
+    console.print(f"appended {len(rows)} row(s) to {path}", markup=False)
 
 
 def _progress(label: str):
@@ -250,27 +266,35 @@ def compare_command(
         texts = [line.strip() for line in captions.read_text().splitlines() if line.strip()]
         if not texts:
             raise UserError(f"{captions} holds no caption")
+    check_output(out, "--out", folder=True)
     rt = RuntimeFlags(device, precision, channels_last, compile).runtime()
     models = [load_model(c, runtime=rt) for c in checkpoints]
     result = compare(models, out, captions=texts, seeds=seed_list, runtime=rt)
     for name, missing in result.unknown_words.items():
         for text, words in missing.items():
-            err_console.print(f"[yellow]{name}:[/] does not know {', '.join(words)} in {text!r}", highlight=False)
+            err_console.print(
+                f"[yellow]{escape(name)}:[/] does not know {escape(', '.join(words))} in {escape(repr(text))}",
+                highlight=False,
+            )
     lines = ["| metric | protocol | n | " + " | ".join(result.names) + " |", "|---" * (3 + len(result.names)) + "|"]
     table = Table(title="metrics over the protocols every model shares")
     for column in ("metric", "protocol", "n", *result.names):
-        table.add_column(column)
+        table.add_column(escape(column))
     for row in result.table:
         cells = [
             f"{v:.4g}" + (f" ± {s:.2g}" if s is not None else "") for v, s in (row["values"][m] for m in result.names)
         ]
-        table.add_row(row["metric"], row["protocol_id"], str(row["n"]), *cells)
+        table.add_row(*map(escape, (row["metric"], row["protocol_id"], str(row["n"]), *cells)))
         lines.append(f"| {row['metric']} | {row['protocol_id']} | {row['n']} | " + " | ".join(cells) + " |")
     if result.table:
         console.print(table)
     else:
         console.print("no metric protocol is shared by every model (run `t2i eval` on each with the same settings)")
     if result.left_out:
-        console.print("not shared by every model, left out: " + "; ".join(result.left_out), highlight=False)
+        console.print(
+            "not shared by every model, left out: " + "; ".join(result.left_out), highlight=False, markup=False
+        )
     (Path(out) / "metrics.md").write_text("\n".join(lines) + "\n")
-    console.print(f"wrote {result.grid}" + (f", {result.attention}" if result.attention else "") + f" in {out}")
+    console.print(
+        f"wrote {result.grid}" + (f", {result.attention}" if result.attention else "") + f" in {out}", markup=False
+    )

@@ -29,8 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
-from t2i.cli._common import CodeOption, SetOption, UserError, console, load_recipe, report_plugin_errors, user_errors
+from t2i.cli._common import (
+    CodeOption,
+    SetOption,
+    UserError,
+    check_output,
+    console,
+    load_recipe,
+    report_plugin_errors,
+    user_errors,
+)
 
 PATTERNS: list[tuple[str, str]] = [
     (r"^netG.*\.pth$", "generator"),
@@ -238,13 +248,14 @@ def import_command(
     """
     from t2i.train.checkpoint import save_atomic
 
+    check_output(output, "--output")
     loaded = load_recipe(recipe, sets, code)
     report_plugin_errors()
     parts = _assign(list(files or []), list(assign or []))
     checkpoint = import_originals(loaded, parts, _load_vocab(vocab))
     save_atomic(checkpoint, output)
     names = ", ".join(sorted(checkpoint["models"]))
-    console.print(f"[green]wrote[/] {output}  [dim]{names}[/]", highlight=False)
+    console.print(f"[green]wrote[/] {escape(str(output))}  [dim]{escape(names)}[/]", highlight=False)
 
 
 @user_errors
@@ -260,6 +271,7 @@ def export_command(
     from t2i.cli._common import import_code
     from t2i.train.checkpoint import load
 
+    check_output(output, "--output", folder=True)
     import_code(code)
     for path in export_originals(load(checkpoint), output):
-        console.print(f"[green]wrote[/] {path}", highlight=False)
+        console.print(f"[green]wrote[/] {escape(str(path))}", highlight=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from t2i.cli._common import CodeOption, UserError, console, err_console, import_code, user_errors
+from t2i.cli._common import CodeOption, UserError, check_output, console, err_console, import_code, user_errors
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
@@ -106,6 +106,9 @@ def sample(
     if not lines:
         raise UserError("give one or more captions, or --captions FILE")
     n = n or (1 if folder_mode else 8)
+    check_output(out, "--out", folder=folder_mode)  # before the work, not after it
+    if attention is not None and not folder_mode:
+        check_output(attention, "--attention")
 
     recipe, generator, text_encoder, vocab = load_generator(checkpoint, ema=not live, runtime=rt)
     chosen = []

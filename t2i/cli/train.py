@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from t2i.cli._common import CodeOption, SetOption, UserError, console, import_code, load_recipe, user_errors
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
@@ -131,7 +132,9 @@ def train(
         try:
             dataset = _dataset(loaded, "train", image_sizes)
         except Exception as exc:  # the networks can be shown without the data
-            console.print(f"[yellow]note:[/] data set not loaded ({exc}); the text encoder needs its vocabulary")
+            console.print(
+                f"[yellow]note:[/] data set not loaded ({escape(str(exc))}); the text encoder needs its vocabulary"
+            )
             dataset = None
         _print_dry_run(loaded, dataset)
         return
@@ -141,14 +144,8 @@ def train(
     if run is not None:
         with _lock(run, info):
             dataset = _dataset(loaded, "train", image_sizes)
-            keeper = ckpt.CheckpointKeeper(run.checkpoints)
-            if keeper.last.exists():
-                try:
-                    ckpt.load(keeper.last)
-                except ckpt.CheckpointError as exc:
-                    console.print(f"[yellow]warning:[/] {exc}; falling back to the newest periodic checkpoint")
-            state = keeper.latest_good()
-            console.print(f"resuming {run.path} from step {state['step']} ({Path(state['_path']).name})")
+            state = ckpt.CheckpointKeeper(run.checkpoints).latest_good()  # says which files it skipped, and why
+            console.print(f"resuming {run.path} from step {state['step']} ({Path(state['_path']).name})", markup=False)
             if info.is_main:
                 _resume_bookkeeping(run, state, sets, loaded)
             if steps is None and "train.steps" in changed:
@@ -186,7 +183,7 @@ def _train(recipe, run, dataset, state, info, steps, quiet, runtime) -> None:
     last = trainer.fit(steps=steps, stop=stop)
     distributed.shutdown(info)
     if info.is_main:
-        console.print(f"run folder: {run.path}\nlast checkpoint: {last}\nsamples: {run.samples}")
+        console.print(f"run folder: {run.path}\nlast checkpoint: {last}\nsamples: {run.samples}", markup=False)
     if stop.signal_name:
         raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143)
 
@@ -214,7 +211,7 @@ def _launch_torchrun(nproc: int) -> None:
         "t2i",
         *cleaned,
     ]
-    console.print("launching: " + " ".join(command), highlight=False)
+    console.print("launching: " + " ".join(command), highlight=False, markup=False)
     raise typer.Exit(subprocess.call(command))
 
 

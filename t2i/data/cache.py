@@ -105,9 +105,11 @@ def open_or_build(
     jobs = [(f, bboxes[i] if bboxes is not None else None, imsize) for i, f in enumerate(files)]
     workers = min(os.cpu_count() or 1, 4) if workers is None else workers
     rows, bad, offset = np.zeros((len(jobs), 3), dtype=np.int64), [], 0
+    from rich.markup import escape
+
     try:
         with open(tmp / "images.u8", "wb") as out, _progress(quiet) as progress:
-            task = progress.add_task(f"caching {split} images at {precrop_size(imsize)} px", total=len(jobs))
+            task = progress.add_task(escape(f"caching {split} images at {precrop_size(imsize)} px"), total=len(jobs))
             for i, (array, error) in enumerate(_map(_decode, jobs, workers)):
                 if array is None:
                     if not skip_bad:

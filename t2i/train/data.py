@@ -15,6 +15,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
+class BatchSizeError(ValueError):
+    """The data set or the batch does not fit the settings: a user error (exit 1 with this message)."""
+
+    t2i_user_error = True
+
+
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint32)[0])
 
@@ -52,11 +58,28 @@ class ResumableBatches:
     different number of processes and still see the same global batches.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, *, start_batch: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        *,
+        start_batch: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        setting: str = "data.batch_size",
+    ):
+        # drop_last: a data set smaller than one batch would give no batch at all
         if n < batch_size:
-            raise ValueError(f"the data set has {n} items, fewer than one batch of {batch_size}")
+            raise BatchSizeError(
+                f"the data set has {n} items, fewer than one batch of {batch_size} ({setting}); "
+                f"lower it, e.g. --set {setting}={max(1, n)}, or use a larger data set"
+            )
         if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by the number of processes {world}")
+            raise BatchSizeError(
+                f"{setting}={batch_size} is not divisible by the number of processes {world}; "
+                f"choose a multiple of {world}"
+            )
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start_batch, self.rank, self.world = start_batch, rank, world
         self.per_epoch = n // batch_size  # drop_last
@@ -87,9 +110,19 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     pin_memory: bool = False,
+    setting: str = "data.batch_size",
 ) -> DataLoader:
-    """The resumable loader; ``pin_memory`` (for a CUDA run) makes the host-to-GPU copies asynchronous."""
-    batches = ResumableBatches(len(dataset), batch_size, seed, start_batch=start_batch, rank=rank, world=world)  # type: ignore[arg-type]
+    """The resumable loader; ``pin_memory`` (for a CUDA run) makes the host-to-GPU copies asynchronous; ``setting``
+    names the recipe key (or option) that ``batch_size`` came from, for the error message."""
+    batches = ResumableBatches(
+        len(dataset),  # type: ignore[arg-type]
+        batch_size,
+        seed,
+        start_batch=start_batch,
+        rank=rank,
+        world=world,
+        setting=setting,
+    )
     return DataLoader(
         SeededItems(dataset, seed),
         batch_sampler=batches,

@@ -129,6 +129,7 @@ class Pretrainer:
             workers=self.recipe.data.workers,
             start_batch=self.step,
             **self.runtime.loader_options(),
+            setting=f"pretrain.{self.kind}.batch_size",
         )
         keeper = ckpt.CheckpointKeeper(self.run.checkpoints, keep=self.recipe.train.keep_checkpoints)
         self.run.log(f"pretrain {self.kind}: {s.epochs} epochs x {self.per_epoch} steps, batch {s.batch_size}")

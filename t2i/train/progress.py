@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
@@ -37,8 +38,9 @@ class Progress:
                 transient=False,
             )
             self._bar.__enter__()
+            # the description column renders its text as markup; a recipe name is not markup
             self._task = self._bar.add_task(
-                self.description, total=self.total, completed=self.start, speed="", losses=""
+                escape(self.description), total=self.total, completed=self.start, speed="", losses=""
             )
         return self
 
