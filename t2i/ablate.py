@@ -39,10 +39,12 @@ __all__ = [
     "AXES",
     "AblationError",
     "AblationSpec",
+    "PRESETS",
     "Variant",
     "VariantResult",
     "expand_grid",
     "parse_alignment",
+    "preset_grid",
     "run_ablation",
     "summarise",
     "variant_recipe",
@@ -62,14 +64,18 @@ class AblationError(ValueError):
 # -- the grid ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
-    """One point of the grid: ``values[axis]`` as the user spelled it; ``is_base`` for the reference variant."""
+    """One point of the grid: ``values[axis]`` as the user spelled it; ``is_base`` for the reference variant;
+    ``name`` where a preset names it (e.g. the thesis's "Baseline")."""
 
     values: tuple[tuple[str, str], ...]
     is_base: bool = False
+    name: str = ""
 
     @property
     def label(self) -> str:
         text = " · ".join(v for _, v in self.values) or "base"
+        if self.name:
+            text = f"{self.name}: {text}"
         return f"{text} (base)" if self.is_base else text
 
     @property
@@ -145,6 +151,52 @@ def expand_grid(raw: dict[str, Any], axes: dict[str, Sequence[str] | None]) -> l
     return grid
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A fixed list of variants (not a product of axes), as a paper ran them."""
+
+    base: str
+    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (name, ((axis, value), ...))
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    # The four configurations of the DMM-GAN thesis's ablation (its experiments' Baseline, DMM-STREAM, DMM-GLDM and
+    # DMM-Full): DM-GAN; DM-GAN with STREAM instead of DAMSM; GLDM without an alignment loss; GLDM with STREAM.
+    "dmmgan-thesis": Preset(
+        base="dmmgan_shapes",
+        variants=(
+            ("Baseline", (("refiner", "dm"), ("alignment", "damsm"))),
+            ("DMM-STREAM", (("refiner", "dm"), ("alignment", "stream"))),
+            ("DMM-GLDM", (("refiner", "gldm"), ("alignment", "none"))),
+            ("DMM-Full", (("refiner", "gldm"), ("alignment", "stream"))),
+        ),
+        description="the DMM-GAN thesis's four runs: Baseline (dm, DAMSM), DMM-STREAM (dm, STREAM), "
+        "DMM-GLDM (gldm, no alignment loss), DMM-Full (gldm, STREAM)",
+    ),
+}
+
+
+def preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise AblationError(f"unknown ablation preset {name!r}; presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def preset_grid(raw: dict[str, Any], chosen: Preset) -> list[Variant]:
+    """The preset's variants in its order; the one equal to the base recipe is marked as the base."""
+    grid = []
+    for name, values in chosen.variants:
+        for axis, value in values:
+            if axis not in AXES:
+                raise AblationError(f"preset variant {name}: unknown axis {axis!r}; axes: {', '.join(AXES)}")
+            _canonical(axis, value)  # unknown component names raise the registry's message here
+        is_base = all(_canonical(a, v) == _canonical(a, _base_value(a, raw)) for a, v in values)
+        grid.append(Variant(values, is_base=is_base, name=name))
+    return grid
+
+
 def _swap_refiner(base: Any, value: str) -> dict[str, Any]:
     registry = get_registry("refiner")
     base_table = {"name": base} if isinstance(base, str) else dict(base)
@@ -214,6 +266,7 @@ class AblationSpec:
     n: int | None = None
     out: Path | None = None
     runs_root: Path = Path("runs")
+    preset: str | None = None  # a named list of variants instead of the product of ``axes``
 
 
 @dataclass
@@ -356,7 +409,7 @@ def run_variant(
 
 def run_ablation(spec: AblationSpec, log: Callable[[str], None] = print) -> tuple[Path, list[VariantResult]]:
     raw, base = base_raw(spec)
-    grid = expand_grid(raw, spec.axes)
+    grid = preset_grid(raw, preset(spec.preset)) if spec.preset else expand_grid(raw, spec.axes)
     folder = ablation_folder(spec, base)
     folder.mkdir(parents=True, exist_ok=True)
     seeds = [base.seed + k for k in range(spec.seeds)]

@@ -142,3 +142,30 @@ def test_folder_follows_the_recipe_as_written(monkeypatch):
     # ... while a change the user makes moves it.
     changed = AblationSpec(base="dmgan_shapes", sets=["data.batch_size=8"])
     assert ablation_folder(changed, base_raw(changed)[1]) != folder
+
+
+def test_thesis_preset_is_its_four_runs_in_order():
+    from t2i.ablate import PRESETS, preset_grid
+
+    base = raw("dmmgan_shapes")  # gldm + STREAM: DMM-Full is the base
+    grid = preset_grid(base, PRESETS["dmmgan-thesis"])
+    assert [v.name for v in grid] == ["Baseline", "DMM-STREAM", "DMM-GLDM", "DMM-Full"]
+    assert [(v.get("refiner"), v.get("alignment")) for v in grid] == [
+        ("dm", "damsm"), ("dm", "stream"), ("gldm", "none"), ("gldm", "stream"),
+    ]  # fmt: skip
+    assert [v.is_base for v in grid] == [False, False, False, True]
+    assert grid[0].label == "Baseline: dm · damsm" and grid[3].label == "DMM-Full: gldm · stream (base)"
+    recipes = [variant_recipe(base, v, seed=0, steps=3) for v in grid]
+    assert [r.model.refiner.entry.name for r in recipes] == ["dm.v1", "dm.v1", "gldm.v1", "gldm.v1"]
+    assert [[t.entry.name for t in r.train.alignment] for r in recipes] == [
+        ["damsm.v1"], ["stream.v1"], [], ["stream.v1"],
+    ]  # fmt: skip
+    assert recipes[1].train.alignment[0].params == recipes[3].train.alignment[0].params  # the base recipe's STREAM
+
+
+def test_preset_cli_errors():
+    runner = CliRunner()
+    result = runner.invoke(app, ["ablate", "--preset", "dmmgan-thesis", "--refiner", "gldm"])
+    assert result.exit_code == 1 and "--preset names its variants" in result.output
+    result = runner.invoke(app, ["ablate", "--preset", "thesis"])
+    assert result.exit_code == 1 and "dmmgan-thesis" in result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from t2i.cli._common import CodeOption, SetOption, check_output, console, import_code, user_errors
+from t2i.cli._common import CodeOption, SetOption, UserError, check_output, console, import_code, user_errors
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 @user_errors
 def ablate(
-    recipe: str = typer.Argument("dmgan_shapes", help="Base recipe (file or built-in name); the reference variant."),
+    recipe: str = typer.Argument(
+        None, help="Base recipe (file or built-in name); the reference variant. Default: dmgan_shapes, or the preset's."
+    ),
     refiner: list[str] = typer.Option(
         None, "--refiner", help="Refiners to swap in, comma separated or repeated (e.g. gldm or dm,attention,glam)."
     ),
@@ -25,6 +27,9 @@ def ablate(
         None,
         "--alignment",
         help="Alignment settings, comma separated or repeated: damsm, stream, damsm+stream, damsm:5+stream:20, none.",
+    ),
+    preset: str = typer.Option(
+        None, "--preset", help="A named list of variants instead of a grid: dmmgan-thesis (the thesis's four runs)."
     ),
     sets: list[str] = SetOption,
     seeds: int = typer.Option(3, "--seeds", min=1, help="Training seeds per variant (recipe seed, +1, +2, ...)."),
@@ -47,14 +52,22 @@ def ablate(
 
     Examples: [bold]t2i ablate --refiner gldm[/]
     [bold]t2i ablate dmmgan_shapes --refiner dm --alignment damsm,stream,damsm+stream[/]
+    [bold]t2i ablate --preset dmmgan-thesis[/]
     """
     from rich.table import Table
 
     from t2i.ablate import AblationSpec, run_ablation, summarise
+    from t2i.ablate import preset as find_preset
 
     check_output(out if out is not None else runs, "--out" if out is not None else "--runs", folder=True)
     import_code(code)
+    if preset is not None:
+        if refiner or alignment:
+            raise UserError("--preset names its variants; drop --refiner/--alignment (or drop --preset for a grid)")
+        recipe = recipe or find_preset(preset).base
+    recipe = recipe or "dmgan_shapes"
     spec = AblationSpec(
+        preset=preset,
         base=recipe,
         axes={"refiner": list(refiner or []), "alignment": list(alignment or [])},
         sets=list(sets or []) + RuntimeFlags(device, precision, channels_last, compile).sets(),

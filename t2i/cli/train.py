@@ -274,7 +274,8 @@ def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, 
             _resume_bookkeeping(run, state, sets, loaded)
         size = loaded.pretrain.damsm.image_size if kind == "damsm" else loaded.stage_sizes()[-1]
         dataset = _dataset(loaded, "train", [size])
-        trainer = PRETRAINERS[kind](loaded, run, dataset, resume=state, quiet=quiet)
+        held_out = _sample_split(loaded, [size])  # measured after every epoch; the best epoch is kept
+        trainer = PRETRAINERS[kind](loaded, run, dataset, resume=state, quiet=quiet, val_dataset=held_out)
         stop = Stop()
         install_signal_handlers(stop)
         last = trainer.fit(stop)

@@ -49,8 +49,11 @@ class Pretrainer:
         resume: dict[str, Any] | None = None,
         quiet: bool = False,
         runtime: Runtime | None = None,
+        val_dataset=None,
     ):
         self.recipe, self.run, self.dataset, self.quiet = recipe, run, dataset, quiet
+        self.val_dataset = val_dataset  # held-out split measured after every epoch (None: no validation)
+        self.best: dict[str, float] = {}
         self.runtime = runtime or Runtime.from_section(recipe.runtime)
         self.vocab = dataset.vocab
         rng.seed_everything(recipe.seed)
@@ -83,6 +86,58 @@ class Pretrainer:
     def before_step(self) -> None:
         pass
 
+    #: the validation value whose best epoch is kept as ``best-val_<name>.pt`` (higher is better)
+    best_metric = ""
+
+    def validate_batch(self, batch) -> dict[str, Any]:
+        """Per-batch validation values (summed over batches by ``validate``); tensors are gathered instead."""
+        raise NotImplementedError
+
+    def summarise_validation(self, gathered: dict[str, list]) -> dict[str, float]:
+        return {}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """The held-out split in eval mode, one pass in a fixed order: mean losses plus ``summarise_validation``."""
+        data = self.val_dataset
+        size = min(self.settings.batch_size, len(data))
+        if size < 2:
+            return {}
+        loader = make_loader(data, size, self.recipe.seed, workers=0)
+        for m in self.modules.values():
+            m.eval()
+        sums: dict[str, float] = {}
+        gathered: dict[str, list] = {}
+        batches = len(data) // size
+        for _, batch in zip(range(batches), loader, strict=False):
+            with self.runtime.precision.autocast():
+                values = self.validate_batch(self.runtime.batch(batch))
+            for k, v in values.items():
+                if isinstance(v, torch.Tensor):
+                    gathered.setdefault(k, []).append(v.float().cpu())
+                else:
+                    sums[k] = sums.get(k, 0.0) + v
+        rows = {f"val/{k}": v / batches for k, v in sums.items()}
+        rows.update({f"val/{k}": v for k, v in self.summarise_validation(gathered).items()})
+        return rows
+
+    def end_of_epoch(self, epoch: int, keeper: ckpt.CheckpointKeeper, bar: Progress) -> None:
+        if self.val_dataset is None:
+            return
+        rows = self.validate()
+        if not rows:
+            return
+        self.run.append_metrics({"step": self.step, "epoch": epoch, **rows})
+        line = f"epoch {epoch} validation: " + " ".join(f"{k[4:]}={v:.4g}" for k, v in rows.items())
+        key = f"val/{self.best_metric}"
+        if key in rows and rows[key] > self.best.get(key, float("-inf")):
+            self.best[key] = rows[key]
+            path = keeper.save_best(self.state(), f"val_{self.best_metric}")
+            line += f"; best so far, kept as {path.name}"
+        self.run.log(line)
+        if not bar.live:
+            bar.print(line)
+
     @property
     def settings(self):
         return getattr(self.recipe.pretrain, self.kind)
@@ -100,6 +155,7 @@ class Pretrainer:
             "optimizers": {"main": self.optimizer.state_dict()},
             "rng": rng.capture(),
             "data": {"batches_consumed": self.step, "seed": self.recipe.seed},
+            "metrics": {"best": dict(self.best)},
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -109,6 +165,7 @@ class Pretrainer:
         self.optimizer = self.make_optimizer(self.lr_for_epoch(self.epoch_of(self.step)))
         self.optimizer.load_state_dict(state["optimizers"]["main"])
         rng.restore(state["rng"])
+        self.best = dict(state.get("metrics", {}).get("best", {}))
 
     def epoch_of(self, step: int) -> int:
         return step // self.per_epoch
@@ -176,6 +233,8 @@ class Pretrainer:
                     if not bar.live:
                         bar.print(f"step {self.step}/{total} {line}")
                     sums, count, window_start = {}, 0, time.perf_counter()
+                if end_of_epoch:
+                    self.end_of_epoch(self.epoch_of(self.step - 1), keeper, bar)
                 snapshot = end_of_epoch and (self.epoch_of(self.step - 1) % s.snapshot_every == 0)
                 if snapshot or self.step == total or stop.signal_name:
                     last = keeper.save(self.state(), self.step, periodic=snapshot)[0]
@@ -212,17 +271,32 @@ class DamsmPretrainer(Pretrainer):
     def before_step(self) -> None:
         nn.utils.clip_grad_norm_(self.modules["text_encoder"].parameters(), self.settings.grad_clip)
 
-    def loss(self, batch):
+    def _losses(self, batch):
         from t2i.losses.damsm import sentence_loss, words_loss
 
         s = self.settings
-        text_encoder, image_encoder = self.modules["text_encoder"], self.modules["image_encoder"]
-        words, sentence = text_encoder(batch.captions, batch.lengths)
-        regions, global_code = image_encoder(batch.images[-1])
+        words, sentence = self.modules["text_encoder"](batch.captions, batch.lengths)
+        regions, global_code = self.modules["image_encoder"](batch.images[-1])
         w0, w1, _ = words_loss(regions, words, batch.lengths, batch.class_ids, s.gamma1, s.gamma2, s.gamma3)
         s0, s1 = sentence_loss(global_code, sentence, batch.class_ids, s.gamma3)
-        total = w0 + w1 + s0 + s1
-        return total, {"w_loss": (w0 + w1).item(), "s_loss": (s0 + s1).item(), "loss": total.item()}
+        return w0 + w1, s0 + s1, global_code, sentence
+
+    def loss(self, batch):
+        w_loss, s_loss, _, _ = self._losses(batch)
+        total = w_loss + s_loss
+        return total, {"w_loss": w_loss.item(), "s_loss": s_loss.item(), "loss": total.item()}
+
+    best_metric = "r_at_1"
+
+    def validate_batch(self, batch) -> dict[str, Any]:
+        """The originals' per-epoch test-split losses, plus the codes for image-to-text retrieval."""
+        w_loss, s_loss, global_code, sentence = self._losses(batch)
+        return {"w_loss": w_loss.item(), "s_loss": s_loss.item(), "image_codes": global_code, "sentences": sentence}
+
+    def summarise_validation(self, gathered: dict[str, list]) -> dict[str, float]:
+        if not gathered.get("image_codes"):
+            return {}
+        return {"r_at_1": retrieval_r_at_1(torch.cat(gathered["image_codes"]), torch.cat(gathered["sentences"]))}
 
 
 class StreamPretrainer(Pretrainer):
@@ -239,6 +313,27 @@ class StreamPretrainer(Pretrainer):
         loss = nn.functional.cross_entropy(logits, targets)
         accuracy = (logits.argmax(1) == targets).float().mean()
         return loss, {"loss": loss.item(), "token_accuracy": accuracy.item()}
+
+    best_metric = "token_accuracy"
+
+    def validate_batch(self, batch) -> dict[str, Any]:
+        return self.loss(batch)[1]
+
+
+def retrieval_r_at_1(image_codes: torch.Tensor, sentences: torch.Tensor, candidates: int = 100, seed: int = 0) -> float:
+    """Image-to-text R@1 as the R-precision protocol (AttnGAN, DM-GAN) measures it: for each image, its own caption
+    against ``candidates - 1`` others drawn at random from the split, ranked by cosine similarity of the sentence
+    embedding and the global image code; the share of images whose own caption ranks first."""
+    n = image_codes.shape[0]
+    sims = nn.functional.normalize(image_codes.double(), dim=1) @ nn.functional.normalize(sentences.double(), dim=1).T
+    gen = torch.Generator().manual_seed(seed)
+    hits = 0
+    for i in range(n):
+        others = torch.cat([torch.arange(i), torch.arange(i + 1, n)])
+        if len(others) > candidates - 1:
+            others = others[torch.randperm(len(others), generator=gen)[: candidates - 1]]
+        hits += int(sims[i, i] > sims[i, others].max()) if len(others) else 1
+    return hits / max(n, 1)
 
 
 PRETRAINERS = {"damsm": DamsmPretrainer, "stream": StreamPretrainer}
