@@ -129,7 +129,15 @@ def test_out_of_memory_is_a_message(shapes, monkeypatch, case):
 def test_resume_with_another_network_names_the_checkpoint(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
+    # --set of a network key on resume is refused up front, naming the key ...
     result = cli("train", "--resume", copy, "--set", "model.gf_dim=8", "--steps", "2", "-q")
+    user_error(result, "model.gf_dim", "when resuming")
+    # ... and a run folder whose stored recipe no longer fits its checkpoint (edited by hand) names the checkpoint.
+    resolved = copy / "config.resolved.toml"
+    text = resolved.read_text()
+    assert "gf_dim = 4" in text
+    resolved.write_text(text.replace("gf_dim = 4", "gf_dim = 8"))
+    result = cli("train", "--resume", copy, "--steps", "2", "-q")
     user_error(result, "last.pt", "size mismatch", "the recipe's network differs")
 
 
@@ -176,7 +184,7 @@ def test_output_options_are_checked_before_the_work(run, tmp_path, monkeypatch, 
 def test_special_file_is_not_replaced(run, tmp_path):
     # An atomic write (temp file + rename) would replace it; run as root with -o /dev/null, that replaced the
     # device itself. A named pipe stands in for the device here so the test is harmless even when it fails.
-    pipe = tmp_path / "pipe"
+    pipe = tmp_path / "pipe.png"  # a .png name: the grid output, a file (any other name is an output folder)
     os.mkfifo(pipe)
     user_error(cli("sample", run, "a red circle", "-o", pipe), str(pipe), "not a regular file")
     assert pipe.is_fifo()
