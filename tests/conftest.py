@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # so test modules can import helpers such as golden.py
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("T2I_OFFLINE", "1")  # no test downloads weights; tests/test_weights.py serves its own
 
 
 @pytest.fixture(autouse=True)
