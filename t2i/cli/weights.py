@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _size(n: int | None) -> str:
-    return f"{n / 2**20:.1f} MiB" if n else "?"
+    if not n:
+        return "?"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def _hash(e) -> str:
