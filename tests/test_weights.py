@@ -138,7 +138,7 @@ def _cli(*args: str):
 
 
 # -- fetch / verify ----------------------------------------------------------------------------------------------------
-def test_fetch_then_verify(env):
+def test_fetch_then_verify(env, server):
     result, text = _cli("fetch", "good")
     assert result.exit_code == 0, text
     assert (env / "good.pth").read_bytes() == PAYLOAD
@@ -146,6 +146,9 @@ def test_fetch_then_verify(env):
     assert weights.verify(weights.entry("good")) == ("ok", DIGEST)
     result, text = _cli("verify", "good")
     assert result.exit_code == 0 and DIGEST in text
+    result, text = _cli("fetch", "good")  # already there: nothing is downloaded again
+    assert result.exit_code == 0 and "already in" in text
+    assert server.requests == [("/good.pth", None)]
 
 
 def test_mismatch_is_refused_and_leaves_nothing(env):

@@ -41,7 +41,10 @@ def _hash(e) -> str:
 @weights_app.command("list")
 @user_errors
 def list_weights() -> None:
-    """Every file of the manifest: what uses it, its size, whether it is in the cache and verified."""
+    """Every file of the manifest: what uses it, its size, whether it is in the cache and verified.
+
+    Example: [bold]t2i weights list[/]
+    """
     from rich.table import Table
 
     from t2i import weights
@@ -79,12 +82,19 @@ def fetch(
     file: Path = typer.Option(None, "--file", help="Import this local file instead of downloading (hash check)."),
     trust: bool = typer.Option(False, "--trust", help="Accept a file whose digest the manifest does not know."),
 ) -> None:
-    """Download NAME into the cache folder (resumable), check its SHA-256, and only then keep it."""
+    """Download NAME into the cache folder (resumable), check its SHA-256, and only then keep it.
+
+    Example: [bold]t2i weights fetch inception_v3_imagenet[/]
+    """
     from t2i import weights
 
     if url and file:
         raise UserError("give --url or --file, not both")
     e = weights.entry(name)
+    status, digest = weights.verify(e)
+    if file is None and url is None and status in ("ok", "ok-prefix", "trusted"):
+        console.print(f"{e.name}: already in {weights.cache_dir()} (SHA-256 {digest})", highlight=False, soft_wrap=True)
+        return
     if file is not None:
         path = weights.import_file(e, file, trust=trust)
     else:
@@ -104,7 +114,10 @@ def verify(
         False, "--trust", help="Accept (and record) the digest of a file the manifest cannot check."
     ),
 ) -> None:
-    """Re-hash cached files against the manifest. Exit 1 if any fails (or NAME is not cached)."""
+    """Re-hash cached files against the manifest. Exit 1 if any fails (or NAME is not cached).
+
+    Example: [bold]t2i weights verify fid_inception[/]
+    """
     from t2i import weights
 
     manifest = weights.load_manifest()
