@@ -358,7 +358,9 @@ def shared_evaluators(recipe: recipe_mod.Recipe, vocab: Any) -> dict[str, Any]:
         networks = {"text_encoder": freeze(build_text_encoder(recipe, len(vocab)))}
         load_pretrained(networks["text_encoder"], pre.text_encoder, "text_encoder", vocab, what="text_encoder", hint="")
         if recipe.model.image_encoder is not None and not _missing(pre.image_encoder):
-            image_encoder = freeze(build_role(recipe, "image_encoder", len(vocab)))
+            image_encoder = freeze(
+                build_role(recipe, "image_encoder", len(vocab), from_checkpoint=pre.image_encoder != "random")
+            )
             load_pretrained(image_encoder, pre.image_encoder, "image_encoder", vocab, what="image_encoder", hint="")
             networks["image_encoder"] = image_encoder
     return networks

@@ -321,10 +321,13 @@ def bench_recipe(recipe: str, batch: int | None, overrides: list[str] | None = N
 
     sets = ['train.pretrained.text_encoder="random"']
     raw = recipe_mod.load(recipe)
-    if raw.model.image_encoder is not None:
-        sets.append('train.pretrained.image_encoder="random"')
-    if raw.model.captioner is not None:
-        sets.append('train.pretrained.captioner="random"')
+    for role in ("image_encoder", "captioner"):
+        component = getattr(raw.model, role)
+        if component is None:
+            continue
+        sets.append(f'train.pretrained.{role}="random"')
+        if "weights" in type(component.params).model_fields:  # a frozen ImageNet trunk: random too, on purpose
+            sets.append(f'model.{role}.weights="random"')
     if batch is not None:
         sets.append(f"data.batch_size={batch}")
     return recipe_mod.load(recipe, sets + list(overrides or []))

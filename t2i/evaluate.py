@@ -151,7 +151,7 @@ def _encoder_from(state: dict[str, Any], role: str, vocab_size: int) -> nn.Modul
     if role == "text_encoder":
         module = build_text_encoder(recipe, vocab_size)
     else:
-        module = build_role(recipe, role, vocab_size)
+        module = build_role(recipe, role, vocab_size, from_checkpoint=True)
     module.load_state_dict(state["models"][role])
     return module.eval().requires_grad_(False)
 

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # so test modules can import helpers such as golden.py
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("T2I_OFFLINE", "1")  # no test downloads weights; tests/test_weights.py serves its own
 
 # T2I_TEST_DEVICE=cuda runs the tests with torch's default device set there (the GPU check uses it for the golden
 # parity tests); fixtures load onto it (golden.load) and TF32 is off, so float32 parity keeps its bound.

@@ -150,7 +150,7 @@ def test_missing_resnet_weights_error(tmp_path):
 
 
 def test_random_trunk_says_so():
-    encoder = get_registry("image_encoder").build("damsm_inception.v1", text_dim=E)
+    encoder = get_registry("image_encoder").build("damsm_inception.v1", {"weights": "random"}, text_dim=E)
     assert encoder.pretrained is False
     assert all(not p.requires_grad for name, p in encoder.named_parameters() if not name.startswith("emb_"))
     regions, global_code = encoder.eval()(torch.rand(1, 3, 40, 40) * 2 - 1)

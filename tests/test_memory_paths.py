@@ -141,7 +141,7 @@ def test_frozen_inception_folds_its_batchnorm():
     from t2i.encoders.damsm_image import DamsmInceptionEncoder, DamsmInceptionParams
 
     torch.manual_seed(3)
-    encoder = DamsmInceptionEncoder(DamsmInceptionParams(), text_dim=8)
+    encoder = DamsmInceptionEncoder(DamsmInceptionParams(weights="random"), text_dim=8)
     for m in encoder.modules():  # a trained trunk: BN statistics and affine parameters away from 0 / 1
         if isinstance(m, nn.BatchNorm2d):
             with torch.no_grad():

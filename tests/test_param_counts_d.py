@@ -82,7 +82,7 @@ def test_sn_closed_form_general_depth():
 
 def test_damsm_inception_counts():
     with torch.device("meta"):
-        encoder = get_registry("image_encoder").build("damsm_inception.v1", text_dim=256)
+        encoder = get_registry("image_encoder").build("damsm_inception.v1", {"weights": "random"}, text_dim=256)
     assert _trainable(encoder) == 721_152
     assert _frozen(encoder) == 21_785_568
     assert _trainable(encoder.emb_features) == 196_608
@@ -91,12 +91,12 @@ def test_damsm_inception_counts():
 
 def test_stream_counts():
     with torch.device("meta"):
-        captioner = get_registry("captioner").build("stream.v1", vocab_size=5450)
+        captioner = get_registry("captioner").build("stream.v1", {"weights": "random"}, vocab_size=5450)
     assert _trainable(captioner.encoder) == 525_056
     assert _frozen(captioner.encoder) == 58_143_808
     assert _trainable(captioner.decoder) == 5_768_010
     with torch.device("meta"):
-        thesis = get_registry("captioner").build("stream.v1", vocab_size=5453)
+        thesis = get_registry("captioner").build("stream.v1", {"weights": "random"}, vocab_size=5453)
     assert _trainable(thesis.decoder) == 5_770_317
 
 

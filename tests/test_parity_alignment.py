@@ -28,7 +28,7 @@ PRECISIONS = pytest.mark.parametrize("double", [True, False], ids=["f64", "f32"]
 @functools.lru_cache(maxsize=4)
 def _inception_encoder(text_dim: int) -> torch.nn.Module:
     # Building Inception-v3 costs seconds on 2 cores: once per width, reused by every fixture.
-    return get_registry("image_encoder").build("damsm_inception.v1", text_dim=text_dim)
+    return get_registry("image_encoder").build("damsm_inception.v1", {"weights": "random"}, text_dim=text_dim)
 
 
 @PRECISIONS

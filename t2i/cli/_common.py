@@ -26,6 +26,7 @@ _OPTIONAL_COMMANDS = (
     "t2i.cli.evaluate",
     "t2i.cli.ablate",
     "t2i.cli.bench",
+    "t2i.cli.weights",
 )
 
 

@@ -98,6 +98,7 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
     from t2i import __version__, build
     from t2i.legacy import load_into, load_original, to_t2i
     from t2i.train.checkpoint import FORMAT_VERSION
+    from t2i.weights import loaded_from_checkpoint
 
     raw = {part: _state_dict(load_original(path), path) for part, path in parts.items()}
     models: dict[str, Any] = {}
@@ -126,7 +127,8 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
             models["discriminators"].append(load_into(built[index], state, where))
     if "image_encoder" in raw:
         state = to_t2i("image_encoder", raw["image_encoder"])
-        module = build.build_image_encoder(recipe)
+        with loaded_from_checkpoint():  # the original file holds the whole encoder, its Inception trunk too
+            module = build.build_image_encoder(recipe)
         if module is None:
             raise UserError("an image encoder file was given but the recipe has no model.image_encoder")
         models["image_encoder"] = load_into(module, state, f"image_encoder ({parts['image_encoder']})")
@@ -147,7 +149,8 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
         if embedding is None and text_vocab is None:
             raise UserError(f"{parts['captioner_decoder']} has no embed.weight: is it a STREAM decoder checkpoint?")
         vocab_size = text_vocab or int(embedding.shape[0])
-        module = build.build_captioner(recipe, vocab_size)
+        with loaded_from_checkpoint():
+            module = build.build_captioner(recipe, vocab_size)
         if module is None:
             raise UserError("captioner files were given but the recipe has no model.captioner")
         where = f"{parts['captioner_encoder']} + {parts['captioner_decoder']}"

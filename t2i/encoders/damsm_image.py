@@ -20,7 +20,6 @@ synthetic data set (no ImageNet weights needed).
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +33,7 @@ __all__ = ["DamsmInceptionEncoder", "DamsmInceptionParams", "SmallCnnEncoder", "
 
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
 INCEPTION_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
+WEIGHTS_NAME = "inception_v3_imagenet"  # its weights manifest entry
 TRUNK_LAYERS = (
     "Conv2d_1a_3x3",
     "Conv2d_2a_3x3",
@@ -57,8 +57,9 @@ TRUNK_LAYERS = (
 class DamsmInceptionParams(Params):
     weights: str | None = Field(
         None,
-        description=f"Local torchvision Inception-v3 ImageNet file ({INCEPTION_FILE}, or the older "
-        "inception_v3_google-1a9a5a14.pth); None = randomly initialised trunk (tests only).",
+        description=f"ImageNet Inception-v3 trunk: the manifest name {WEIGHTS_NAME!r} (fetched on first use), a "
+        f"local file ({INCEPTION_FILE} or the older inception_v3_google-1a9a5a14.pth), or 'random' (tests); "
+        "unset is an error.",
     )
     align_corners: bool = Field(True, description="align_corners of the bilinear resize to 299 (Q9; recipes pick).")
 
@@ -149,14 +150,16 @@ def _inception(**kwargs) -> nn.Module:
 
 
 def _load_inception(weights: str | None) -> nn.Module:
-    if weights is None:
+    from t2i.weights import resolve
+
+    path = resolve(weights, param="model.image_encoder.weights", what="DAMSM Inception-v3 trunk", suggest=WEIGHTS_NAME)
+    if path is None:
         return _inception()
-    path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"DAMSM image encoder: ImageNet Inception-v3 weights not found at {path}. t2i never downloads: fetch "
-            f"torchvision's {INCEPTION_FILE} from {INCEPTION_URL} yourself and put it at that path (or set the "
-            "image encoder's `weights` param to where it is)."
+            f"DAMSM image encoder: ImageNet Inception-v3 weights not found at {path}. Put torchvision's "
+            f"{INCEPTION_FILE} ({INCEPTION_URL}) at that path, or set model.image_encoder.weights = "
+            f'"{WEIGHTS_NAME}" to have t2i fetch it into its cache folder.'
         )
     model = _inception()
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -177,7 +180,7 @@ class DamsmInceptionEncoder(nn.Module):
         for name in TRUNK_LAYERS:
             self.add_module(name, getattr(inception, name))
             getattr(self, name).requires_grad_(False)  # frozen from construction, as the original
-        self.pretrained = params.weights is not None
+        self.pretrained = params.weights not in (None, "random")
         self.emb_features = nn.Conv2d(768, text_dim, kernel_size=1, bias=False)
         self.emb_cnn_code = nn.Linear(2048, text_dim)
         nn.init.uniform_(self.emb_features.weight, -0.1, 0.1)

@@ -18,7 +18,6 @@ Submodule names equal the originals' (``resnet``, ``linear``, ``bn``; ``embed``,
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -33,6 +32,7 @@ __all__ = ["CaptionDecoder", "CaptionEncoder", "StreamCaptioner", "StreamCaption
 
 RESNET152_FILE = "resnet152-394f9c45.pth"
 RESNET152_URL = "https://download.pytorch.org/models/resnet152-394f9c45.pth"
+WEIGHTS_NAME = "resnet152_imagenet"  # its weights manifest entry
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -47,7 +47,9 @@ class StreamCaptionerParams(Params):
         description="resnet152: frozen ImageNet ResNet-152 (originals); small: a trainable CNN for synthetic data.",
     )
     weights: str | None = Field(
-        None, description=f"Local torchvision ResNet-152 ImageNet file ({RESNET152_FILE}); None = random (tests)."
+        None,
+        description=f"ImageNet ResNet-152 trunk (backbone resnet152): the manifest name {WEIGHTS_NAME!r} (fetched on "
+        f"first use), a local file ({RESNET152_FILE}), or 'random' (tests); unset is an error.",
     )
     small_width: int = Field(32, description="Base width of the 'small' backbone.")
     resize: int | None = Field(224, description="Bilinear resize of the input image (None: keep its size).")
@@ -69,14 +71,16 @@ def _resnet152_trunk(weights: str | None) -> nn.Sequential:
     """ResNet-152 minus fc (avgpool kept), as ``nn.Sequential(*children[:-1])`` like the original."""
     from torchvision.models import resnet152
 
-    path = None
-    if weights is not None:  # check the file before building the (slow) network
-        path = Path(weights).expanduser()
+    from t2i.weights import resolve
+
+    # resolved (and checked) before building the slow network
+    path = resolve(weights, param="model.captioner.weights", what="STREAM ResNet-152 trunk", suggest=WEIGHTS_NAME)
+    if path is not None:
         if not path.is_file():
             raise FileNotFoundError(
-                f"STREAM captioner: ImageNet ResNet-152 weights not found at {path}. t2i never downloads: fetch "
-                f"torchvision's {RESNET152_FILE} from {RESNET152_URL} yourself, put it at that path (or set the "
-                "captioner's `weights` param to where it is)."
+                f"STREAM captioner: ImageNet ResNet-152 weights not found at {path}. Put torchvision's "
+                f"{RESNET152_FILE} ({RESNET152_URL}) at that path, or set model.captioner.weights = "
+                f'"{WEIGHTS_NAME}" to have t2i fetch it into its cache folder.'
             )
     model = resnet152(weights=None)
     if path is not None:
@@ -93,7 +97,7 @@ class CaptionEncoder(nn.Module):
         if params.backbone == "resnet152":
             self.resnet = _resnet152_trunk(params.weights)
             self.resnet.requires_grad_(False)  # frozen ImageNet trunk
-            self.pretrained = params.weights is not None
+            self.pretrained = params.weights not in (None, "random")
             feature_dim = 2048
         else:
             self.resnet = _small_backbone(params.small_width)

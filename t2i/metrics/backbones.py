@@ -9,9 +9,11 @@
 * ``classifier_inception``: a torchvision Inception3 with a user-given number of classes (e.g. a PyTorch port of the
   CUB fine-tuned bird-IS model, which t2i cannot ship: the original is a TF1-slim checkpoint, metrics.md §2.2).
 
-Nothing downloads: a missing file raises ``WeightsNotFoundError`` naming the file, its expected SHA-256, where to put
-it and the public URL the user can fetch it from. ``allow_random=True`` builds a seeded random-initialised network
-instead (tests), recorded as ``"random-init"`` in every protocol.
+The files are weights manifest entries (``fid_inception``, ``inception_v3_imagenet``): looked up in the weights folder
+and, when absent, fetched there on first use (t2i/weights.py). Offline, or with ``T2I_OFFLINE=1``, a missing file
+raises ``WeightsNotFoundError`` naming the file, its expected SHA-256, where to put it and the public URL.
+``allow_random=True`` builds a seeded random-initialised network instead of fetching (tests), logged and recorded as
+``"random-init"`` in every protocol.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from t2i import weights
 from t2i.metrics.base import sha256_file
+from t2i.weights import WeightsMismatchError, WeightsNotFoundError
 
 __all__ = [
     "FID_INCEPTION",
@@ -42,39 +46,25 @@ __all__ = [
 RANDOM_INIT = "random-init"
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    t2i_user_error = True
-
-
-class WeightsMismatchError(ValueError):
-    t2i_user_error = True
-
-
 @dataclass(frozen=True)
 class WeightSpec:
-    """A weights file the user provides. ``sha256`` may be a prefix (torch hub names files by the first 8 digits)."""
+    """A weights file. ``sha256`` may be a prefix (torch hub names files by the first 8 digits)."""
 
     filename: str
     sha256: str
     url: str
     description: str
     alternatives: tuple[tuple[str, str], ...] = ()  # other accepted (filename, sha256 or prefix)
+    manifest_name: str | None = None  # fetched through the weights manifest when absent
 
 
-FID_INCEPTION = WeightSpec(
-    filename="pt_inception-2015-12-05-6726825d.pth",
-    sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
-    url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-    description="TF-2015 FID Inception (pytorch-fid port)",
-    alternatives=(("weights-inception-2015-12-05-6726825d.pth", "6726825d"),),  # torch-fidelity's copy
-)
-TORCHVISION_INCEPTION = WeightSpec(
-    filename="inception_v3_google-0cc3c7bd.pth",
-    sha256="0cc3c7bd",
-    url="https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
-    description="torchvision ImageNet Inception-v3 (IMAGENET1K_V1)",
-    alternatives=(("inception_v3_google-1a9a5a14.pth", "1a9a5a14"),),  # the 2018 file name of the same weights
-)
+def _spec(name: str, description: str) -> WeightSpec:
+    e = weights.load_manifest(weights.PACKAGED_MANIFEST)[name]
+    return WeightSpec(e.file, e.expected, e.urls[0], description, e.also_accepted, manifest_name=name)
+
+
+FID_INCEPTION = _spec("fid_inception", "TF-2015 FID Inception (pytorch-fid port)")
+TORCHVISION_INCEPTION = _spec("inception_v3_imagenet", "torchvision ImageNet Inception-v3 (IMAGENET1K_V1)")
 
 
 def locate_weights(spec: WeightSpec, weights_dir: Path) -> tuple[Path, str]:
@@ -94,9 +84,9 @@ def locate_weights(spec: WeightSpec, weights_dir: Path) -> tuple[Path, str]:
     alternatives = "".join(f" (or {name})" for name, _ in spec.alternatives)
     raise WeightsNotFoundError(
         f"weights file {spec.filename}{alternatives} not found in {weights_dir}. It holds the {spec.description}; "
-        f"expected SHA-256 {_describe_hash(spec.sha256)}. t2i never downloads: fetch it yourself from {spec.url} and "
-        f"place it at {weights_dir / spec.filename} (or point --weights-dir / the T2I_WEIGHTS environment variable "
-        "at the directory that holds it)."
+        f"expected SHA-256 {_describe_hash(spec.sha256)}. Fetch it from {spec.url} and place it at "
+        f"{weights_dir / spec.filename} (or point --weights-dir / the T2I_WEIGHTS environment variable at the "
+        "directory that holds it)."
     )
 
 
@@ -211,8 +201,13 @@ def _find_or_random(spec: WeightSpec, weights_dir: Path, allow_random: bool) -> 
         return locate_weights(spec, weights_dir)
     except WeightsNotFoundError:
         if allow_random:
+            weights.log.warning("%s: no weights file in %s, using a random-initialised network", spec.description,
+                                weights_dir)  # fmt: skip
             return None, RANDOM_INIT
-        raise
+        if spec.manifest_name is None:
+            raise
+    path = weights.ensure(weights.entry(spec.manifest_name), Path(weights_dir).expanduser())
+    return path, sha256_file(path)
 
 
 def _info(name: str, path: Path | None, digest: str) -> dict[str, Any]:

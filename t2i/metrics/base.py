@@ -51,8 +51,10 @@ class MetricError(ValueError):
 
 
 def default_weights_dir() -> Path:
-    """``$T2I_WEIGHTS`` or ``~/.cache/t2i/weights``: where backbone and evaluator weights are looked up."""
-    return Path(os.environ.get("T2I_WEIGHTS", "~/.cache/t2i/weights")).expanduser()
+    """The weights cache folder (``$T2I_WEIGHTS``, else the XDG cache): where backbone weights are looked up."""
+    from t2i.weights import cache_dir
+
+    return cache_dir()
 
 
 def default_cache_dir() -> Path:

@@ -37,9 +37,15 @@ class Networks:
     adversarial: Any = None
 
 
-def build_role(recipe: Recipe, role: str, vocab_size: int) -> nn.Module:
-    """Build the frozen network that plays ``role`` ("image_encoder" or "captioner") from the recipe."""
-    module = build_image_encoder(recipe) if role == "image_encoder" else build_captioner(recipe, vocab_size)
+def build_role(recipe: Recipe, role: str, vocab_size: int, *, from_checkpoint: bool = False) -> nn.Module:
+    """Build the frozen network that plays ``role`` ("image_encoder" or "captioner") from the recipe.
+
+    ``from_checkpoint``: a checkpoint's full state is loaded next, so its ImageNet trunk is not fetched or read.
+    """
+    from t2i.weights import loaded_from_checkpoint
+
+    with loaded_from_checkpoint(from_checkpoint):
+        module = build_image_encoder(recipe) if role == "image_encoder" else build_captioner(recipe, vocab_size)
     if module is None:
         raise SetupError(f"an alignment term needs model.{role}, but the recipe does not set it")
     return module
@@ -101,8 +107,8 @@ def build_networks(recipe: Recipe, vocab, *, device: torch.device, pretrain_hint
         networks = {}
         for role in getattr(spec.entry.factory, "requires", ()):
             if role not in frozen:
-                net = freeze(build_role(recipe, role, len(vocab)))
                 path = getattr(pre, role, None)
+                net = freeze(build_role(recipe, role, len(vocab), from_checkpoint=bool(path) and path != RANDOM))
                 command = "stream" if role == "captioner" else "damsm"
                 load_pretrained(
                     net,

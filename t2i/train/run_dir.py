@@ -135,8 +135,16 @@ def create(recipe, root: str | Path = "runs", *, run_dir: str | Path | None = No
         shutil.copyfile(source, path / "recipe.toml")
     (path / "overrides.txt").write_text("".join(f"{o}\n" for o in recipe.overrides))
     (path / "config.resolved.toml").write_text(resolved)
-    (path / "env.json").write_text(json.dumps(environment(recipe.seed), indent=2, sort_keys=True) + "\n")
+    env = {**environment(recipe.seed), **recipe_environment(recipe)}
+    (path / "env.json").write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
     return RunDir(path, created=created)
+
+
+def recipe_environment(recipe) -> dict[str, Any]:
+    """What the recipe decides about the environment: the frozen networks it keeps random on purpose."""
+    from t2i.weights import random_weights
+
+    return {"random_weights": random_weights(recipe)}
 
 
 def open_existing(path: str | Path) -> RunDir:
