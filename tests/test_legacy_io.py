@@ -393,3 +393,34 @@ def test_load_into_fills_missing_batchnorm_counters_only() -> None:
     assert "1.num_batches_tracked" in loaded
     with pytest.raises(KeyMismatchError, match="1.running_mean"):
         load_into(module, {k: v for k, v in state.items() if k != "1.running_mean"}, "bn")
+
+
+def test_import_stores_the_vocabulary_of_the_originals_captions_pickle(tmp_path: Path) -> None:
+    """Original encoders index words by captions.pickle's ixtoword: --vocab takes that file (or finds it in the
+    recipe's data folder), keeping its order, so `t2i sample` can run the imported model."""
+    import pickle
+
+    words = ["<end>", "this", "bird", "is", "red", "small", "a", "with", "wings", "blue", "beak", "long", "white"]
+    data = tmp_path / "birds"
+    data.mkdir()
+    ixtoword = dict(enumerate(words))
+    (data / "captions.pickle").write_bytes(
+        pickle.dumps([[[1, 2]], [[2, 3]], ixtoword, {w: i for i, w in ixtoword.items()}])
+    )
+    encoder = randomized(get_registry("text_encoder").build("rnn", {}, vocab_size=len(words), text_dim=E))
+    released = tmp_path / "text_encoder200.pth"
+    torch.save(to_original("text_encoder", encoder.state_dict()), released)
+    sets = [arg for s in TINY_SETS for arg in ("--set", s)]
+    for extra in (
+        ["--vocab", str(data / "captions.pickle")],
+        ["--vocab", str(data)],
+        ["--set", f'data.dataset.root="{data}"'],
+    ):
+        out = tmp_path / "imported.pt"
+        result, text = _invoke("import", "dmgan_bird", *sets, released, "-o", out, *extra)
+        assert result.exit_code == 0, text
+        assert torch.load(out, weights_only=True)["vocab"]["words"] == words
+    result, text = _invoke("import", "dmgan_bird", *sets, released, "-o", tmp_path / "none.pt")
+    assert result.exit_code == 0 and "no vocabulary stored" in text
+    result, text = _invoke("import", "dmgan_bird", *sets, released, "-o", tmp_path / "x.pt", "--vocab", tmp_path)
+    assert result.exit_code == 1 and "holds none of" in text

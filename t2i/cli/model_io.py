@@ -37,6 +37,7 @@ from t2i.cli._common import (
     UserError,
     check_output,
     console,
+    err_console,
     load_recipe,
     report_plugin_errors,
     user_errors,
@@ -213,21 +214,60 @@ def _state_dict(data: Any, path: Path) -> dict[str, Any]:
     return data
 
 
-def _load_vocab(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    import importlib.util
-    import json
+VOCAB_FILES = ("metadata.json", "captions.pickle", "bird_captions.pickle")
 
-    if importlib.util.find_spec("t2i.data.vocab") is None:
-        raise UserError("--vocab needs t2i.data.vocab, which is not available in this installation")
+
+def _load_vocab(path: Path | None, recipe: Any = None) -> dict[str, Any] | None:
+    """The vocabulary to store with imported weights: ``--vocab`` (a t2i JSON, the originals' ``captions.pickle``,
+    a data set's ``metadata.json`` or a data folder holding one), else the recipe's data folder when it holds one.
+
+    Original encoders index words by ``captions.pickle``'s ``ixtoword``; without that order their embeddings mean
+    nothing, so ``t2i sample`` and ``t2i eval`` refuse a checkpoint without a vocabulary.
+    """
     from t2i.data.vocab import Vocabulary
 
+    if path is None:
+        root = getattr(recipe.data.dataset.params, "root", None) if recipe is not None else None
+        folder = Path(root).expanduser() if root else None
+        found = [folder / name for name in VOCAB_FILES if folder is not None and (folder / name).is_file()]
+        if not found:
+            err_console.print(
+                "note: no vocabulary stored (no --vocab, and the recipe's data folder holds no "
+                f"{' / '.join(VOCAB_FILES)}); `t2i sample` and `t2i eval` need one: re-import with "
+                "--vocab data/birds/captions.pickle",
+                markup=False,
+            )
+            return None
+        path = found[0]
+        console.print(f"vocabulary from {path}", markup=False)
+    path = Path(path)
+    if path.is_dir():
+        inside = [path / name for name in VOCAB_FILES if (path / name).is_file()]
+        if not inside:
+            raise UserError(f"--vocab {path}: the folder holds none of {', '.join(VOCAB_FILES)}")
+        path = inside[0]
+    if path.suffix == ".pickle":
+        from t2i.data import safe_pickle
+
+        data = safe_pickle.load(path)
+        if not (isinstance(data, list) and len(data) == 4 and isinstance(data[2], dict)):
+            raise UserError(f"--vocab {path}: expected the originals' [train, test, ixtoword, wordtoix] pickle")
+        try:
+            return Vocabulary.from_ixtoword({int(k): v for k, v in data[2].items()}).to_dict()
+        except ValueError as exc:
+            raise UserError(f"--vocab {path}: {exc}") from None
+    import json
+
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read vocabulary {path}: {exc}") from None
-    return Vocabulary.from_dict(data).to_dict()
+    if isinstance(data, dict) and isinstance(data.get("vocab"), dict):
+        data = data["vocab"]  # a data set's metadata.json carries it under "vocab"
+    try:
+        return Vocabulary.from_dict(data).to_dict()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"--vocab {path}: not a vocabulary ({exc})") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -241,7 +281,12 @@ def import_command(
     files: list[Path] = typer.Argument(None, help="Original files (netG_*.pth, netD0.pth, text_encoder*.pth, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="The t2i checkpoint to write."),
     assign: list[str] = typer.Option(None, "--as", help="Say what a file holds: PART=PATH (repeatable)."),
-    vocab: Path = typer.Option(None, "--vocab", help="Vocabulary JSON (t2i.data.vocab format) to store with it."),
+    vocab: Path = typer.Option(
+        None,
+        "--vocab",
+        help="Vocabulary to store with it: the originals' captions.pickle, a data folder, or a t2i JSON "
+        "(default: the recipe's data folder).",
+    ),
     sets: list[str] = SetOption,
     code: list[Path] = CodeOption,
 ) -> None:
@@ -255,7 +300,7 @@ def import_command(
     loaded = load_recipe(recipe, sets, code)
     report_plugin_errors()
     parts = _assign(list(files or []), list(assign or []))
-    checkpoint = import_originals(loaded, parts, _load_vocab(vocab))
+    checkpoint = import_originals(loaded, parts, _load_vocab(vocab, loaded))
     save_atomic(checkpoint, output)
     names = ", ".join(sorted(checkpoint["models"]))
     console.print(f"[green]wrote[/] {escape(str(output))}  [dim]{escape(names)}[/]", highlight=False)
