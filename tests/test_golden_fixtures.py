@@ -60,8 +60,9 @@ import sys
 sys.path.insert(0, {tests!r})
 import golden, pytest
 print(golden.problem() or "ok")
-params = golden.fixture_params("*__kl_loss*.pt")
-print(len(params), type(params[0].values[0]).__name__, [m.name for p in params for m in p.marks])
+for pattern in ("*__kl_loss*.pt", "*__ca_net*.pt"):
+    params = golden.fixture_params(pattern)
+    print(len(params), type(params[0].values[0]).__name__, [m.name for p in params for m in p.marks])
 """
 
 
@@ -90,7 +91,12 @@ def test_missing_or_empty_folder_is_a_failure_not_a_skip(tmp_path):
     for folder in (absent, empty):
         lines = _probe(folder)
         assert str(folder) in lines[0] and "T2I_GOLDEN" in lines[0] and "T2I_NO_GOLDEN=1" in lines[0], lines
-        assert lines[1] == "1 Missing []", lines[1]  # one param, no skip/xfail mark: the test body fails
+        assert lines[1:] == ["1 Missing []"] * 2, lines  # one param, no skip/xfail mark: the test body fails
+    # a partial folder: the pattern with a file runs it, the one without fails (no xfail, no skip)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "attngan__kl_loss.pt").write_bytes(b"")
+    assert _probe(partial)[1:] == ["1 PosixPath []", "1 Missing []"]
 
     # a whole parity file: exactly one failure (naming the folder), the fixture tests skipped pointing at it; exit 1
     result = _pytest(absent)

@@ -134,6 +134,18 @@ def test_resume_across_an_epoch_boundary_with_a_data_worker_is_bit_exact(data_ro
     assert a["optimizers.generator.state.0.step"] == b["optimizers.generator.state.0.step"] == total
 
 
+def test_alignment_terms_see_the_last_stage_image(data_root, tmp_path):
+    recipe, dataset = make(data_root)
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path), dataset, quiet=True)
+    seen = []
+    for term in trainer.nets.alignment:
+        forward = term.forward
+        term.forward = lambda fake, text, forward=forward: (seen.append(tuple(fake.shape)), forward(fake, text))[1]
+    trainer.fit(steps=1)
+    size = recipe.stage_sizes()[-1]
+    assert seen and all(shape[-2:] == (size, size) for shape in seen), (seen, recipe.stage_sizes())
+
+
 def test_run_folder_contents_and_no_reuse(data_root, tmp_path):
     recipe, dataset = make(data_root, ["train.sample_every=2"])
     run = run_dirs.create(recipe, tmp_path)
