@@ -3,10 +3,15 @@
 The fixture directory is ``$T2I_GOLDEN`` or ``<project root>/../shared/golden``. Tests collect
 every file matching their component's pattern, so new fixtures in the same format run too.
 
+A missing or empty directory is a failure, not a skip: a suite that checks nothing must not look green.
+The first parity test of a session fails with the directory and how to provide it; the others skip,
+pointing at that failure. ``T2I_NO_GOLDEN=1`` is the explicit opt-out for a clone used without
+../shared: every parity test then skips with that reason.
+
 * ``fixtures(pattern)`` -> sorted paths (``pattern`` is a glob such as ``"*__g_net*.pt"``).
-* ``fixture_params(pattern)`` -> ``pytest.param`` list for ``parametrize``; one clear skip if the
-  directory is absent, one clear failure if it exists but holds no matching file.
-* ``skip_if_missing``: a marker that skips when the directory is absent.
+* ``fixture_params(pattern)`` -> ``pytest.param`` list for ``parametrize``; one param carrying a
+  ``Missing`` value (see ``require_fixtures``) if the directory is absent, empty or has no match.
+* ``listed_fixtures()``: the file names the fixture README lists (its "Files" section).
 * ``load(path)``: ``torch.load(..., weights_only=True)``.
 * ``assert_close_f64(ours, ref)``: ``|ours - ref| <= 1e-8 * max(1, |ref|)`` elementwise.
 * ``assert_close_f32(ours, ref, f32_error)``: same measure with ``max(1e-5, 4 * f32_error)``.
@@ -17,6 +22,8 @@ every file matching their component's pattern, so new fixtures in the same forma
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +32,36 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = Path(os.environ.get("T2I_GOLDEN", str(ROOT.parent / "shared" / "golden"))).expanduser()
-MISSING_REASON = f"golden fixture directory {GOLDEN_DIR} not found (set T2I_GOLDEN to point at it)"
+OPT_OUT_VARIABLE = "T2I_NO_GOLDEN"
+OPT_OUT = os.environ.get(OPT_OUT_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+OPT_OUT_REASON = f"{OPT_OUT_VARIABLE}={os.environ.get(OPT_OUT_VARIABLE)}: golden-fixture parity is not checked"
+HOW_TO_GET = (
+    f"put the golden fixtures (the *.pt files and README.md) in {GOLDEN_DIR}, or point T2I_GOLDEN at their folder; "
+    f"set {OPT_OUT_VARIABLE}=1 to run without them (parity is then NOT checked)"
+)
+MISSING_REASON = f"golden fixture directory {GOLDEN_DIR} not found: {HOW_TO_GET}"
+EMPTY_REASON = f"golden fixture directory {GOLDEN_DIR} holds no *.pt fixture: {HOW_TO_GET}"
 
-skip_if_missing = pytest.mark.skipif(not GOLDEN_DIR.is_dir(), reason=MISSING_REASON)
+# The public set (its README's "Files" list) has this many fixtures; a folder with fewer is incomplete.
+EXPECTED_FIXTURES = 48
+
+# The patterns the parity tests collect; every fixture must match one (tests/test_golden_fixtures.py).
+PATTERNS = (
+    "*__text_encoder*.pt",
+    "*__ca_net*.pt",
+    "*__init_stage_g*.pt",
+    "*__get_image_g*.pt",
+    "*__next_stage_g*.pt",
+    "*__g_net*.pt",
+    "*__cnn_encoder_proj*.pt",
+    "*__words_loss*.pt",
+    "*__sent_loss*.pt",
+    "*__kl_loss*.pt",
+    "*gan__stream*.pt",
+    "*__d_net__*.pt",
+    "*__discriminator_loss*.pt",
+    "*__generator_loss*.pt",
+)
 
 F64_TOL = 1e-8
 REDUCED_KEYS = {"shape", "stride", "sub", "sum_bc", "abssum_bc"}
@@ -44,13 +78,54 @@ def fixtures(pattern: str) -> list[Path]:
     return sorted(GOLDEN_DIR.glob(pattern))
 
 
+def listed_fixtures(readme: Path | None = None) -> list[str]:
+    """The ``*.pt`` names listed in the fixture README's "## Files" section, in order."""
+    text = (readme or GOLDEN_DIR / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Files", 1)[1].split("\n## ", 1)[0] if "\n## Files" in text else ""
+    return re.findall(r"^- `([^`]+\.pt)`", section, flags=re.MULTILINE)
+
+
+def problem() -> str | None:
+    """Why the golden fixtures cannot be checked (None when the directory holds fixtures)."""
+    if not GOLDEN_DIR.is_dir():
+        return MISSING_REASON
+    if not any(GOLDEN_DIR.glob("*.pt")):
+        return EMPTY_REASON
+    return None
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Stands in for a fixture path when none can be given; ``require_fixtures`` turns it into the failure."""
+
+    reason: str
+
+
+_reported: list[str] = []
+
+
+def require_fixtures(reason: str) -> None:
+    """Fail once per session with ``reason`` (the first test to meet it); skip later ones, pointing at it."""
+    if OPT_OUT:
+        pytest.skip(OPT_OUT_REASON)
+    if reason in _reported:
+        pytest.skip(f"golden fixtures unavailable (reported as a failure above): {reason}")
+    _reported.append(reason)
+    pytest.fail(reason, pytrace=False)
+
+
 def fixture_params(pattern: str) -> list[Any]:
     """``pytest.param`` per fixture file, id = file stem, for ``@pytest.mark.parametrize``."""
-    if not GOLDEN_DIR.is_dir():
-        return [pytest.param(None, id=f"missing:{pattern}", marks=pytest.mark.skip(reason=MISSING_REASON))]
+    assert pattern in PATTERNS, f"add {pattern!r} to golden.PATTERNS so the fixture coverage check knows it"
+    if OPT_OUT:
+        return [pytest.param(None, id=f"opted-out:{pattern}", marks=pytest.mark.skip(reason=OPT_OUT_REASON))]
+    why = problem()
+    if why is not None:
+        return [pytest.param(Missing(why), id=f"missing:{pattern}")]
     found = fixtures(pattern)
     if not found:
-        return [pytest.param(None, id=f"none:{pattern}", marks=pytest.mark.xfail(reason="no fixture", strict=True))]
+        reason = f"no fixture matches {pattern!r} in {GOLDEN_DIR} (incomplete set?): {HOW_TO_GET}"
+        return [pytest.param(Missing(reason), id=f"none:{pattern}")]
     return [pytest.param(p, id=p.stem) for p in found]
 
 

@@ -53,3 +53,12 @@ def test_user_errors(tmp_path):
     result = run("check", tmp_path / "empty")
     assert result.exit_code == 1 and "no images found" in result.output
     assert "Example" in run("check", "--help").output
+
+
+def test_make_shapes_imports_no_torch(tmp_path):
+    from test_cli_foundation import loaded_libraries
+
+    probe, loaded = loaded_libraries("data", "make-shapes", str(tmp_path / "s"), "--n", "3")
+    assert probe.returncode == 0, probe.stderr
+    assert "wrote 3 images" in probe.stdout
+    assert "torch" not in loaded and "torchvision" not in loaded, loaded  # docs/data.md: no torch

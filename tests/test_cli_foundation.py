@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,38 @@ def t2i(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "t2i", *args], capture_output=True, text=True, cwd=ROOT)
 
 
-def test_help_is_fast_and_lists_commands():
-    start = time.perf_counter()
+# Runs the CLI in-process and prints which heavy libraries it loaded: what makes ``t2i --help`` fast (the 0.5 s
+# target is measured in benchmarks/cli_startup.py) is that it never imports torch; a timing would not show that.
+IMPORTS_PROBE = """
+import runpy, sys
+sys.argv = ["t2i", *sys.argv[1:]]
+try:
+    runpy.run_module("t2i", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+print("LOADED", sorted({m.split(".")[0] for m in sys.modules} & {"torch", "torchvision", "numpy", "pydantic"}))
+"""
+
+
+def loaded_libraries(*args: str) -> tuple[subprocess.CompletedProcess, str]:
+    result = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, *args], capture_output=True, text=True, cwd=ROOT)
+    return result, result.stdout.strip().splitlines()[-1]
+
+
+def test_help_lists_commands_and_imports_no_torch():
     result = t2i("--help")
-    elapsed = time.perf_counter() - start
     assert result.returncode == 0
     assert "components" in result.stdout and "config" in result.stdout
-    assert elapsed < 3.0  # generous: the 0.5 s target is measured in benchmarks/cli_startup.py
+    probe, loaded = loaded_libraries("--help")
+    assert probe.returncode == 0, probe.stderr
+    assert "components" in probe.stdout
+    assert loaded == "LOADED []", f"`t2i --help` imports heavy libraries: {loaded}"
 
 
 def test_no_command_is_usage_error():
-    assert t2i("config").returncode in (0, 2)
+    group = t2i("config")
+    shown = group.stdout + group.stderr  # a group without its command: its usage and commands, exit 2
+    assert group.returncode == 2 and "Usage:" in shown and "validate" in shown and "Traceback" not in shown
     assert t2i("no-such-command").returncode == 2
 
 

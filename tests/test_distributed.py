@@ -201,6 +201,23 @@ def test_cli_nproc_2_then_resume_with_one_process(data_root, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
 
 
+@pytest.mark.parametrize(("world", "stop"), [(2, 3), (4, 7), (1, 5)])
+def test_resuming_with_another_number_of_processes_sees_the_one_process_batches(world, stop):
+    """Steps before ``stop`` on ``world`` processes, then one process: the same global batches as one process."""
+    from itertools import islice
+
+    from t2i.train.data import ResumableBatches
+
+    n, batch, seed, total = 22, 4, 5, 12  # 5 batches per epoch: the runs cross two epoch boundaries
+    single = list(islice(ResumableBatches(n, batch, seed), total))
+    ranks = [iter(ResumableBatches(n, batch, seed, rank=r, world=world)) for r in range(world)]
+    before = [sorted(i for it in ranks for i in next(it)) for _ in range(stop)]
+    after = list(islice(ResumableBatches(n, batch, seed, start_batch=stop), total - stop))
+    assert before == [sorted(b) for b in single[:stop]]
+    assert after == single[stop:]
+    assert len({i % n for i in single[5]}) == batch and single[5] != single[0]  # epoch 2 is a new permutation
+
+
 @pytest.fixture
 def one_rank_group(tmp_path):
     """A gloo process group of one process, so DDP wrappers can be built inside pytest."""

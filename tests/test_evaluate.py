@@ -58,7 +58,19 @@ def test_eval_appends_rows_with_protocols_and_writes_images(trained_run, tmp_pat
         assert protocol["checkpoint"]["step"] == row["step"] == 2
         assert protocol["seed"] == 100 and protocol["batch_size"] == 4 and protocol["split"] == "test"
         assert re.fullmatch(r"[0-9a-f]{12}", row["protocol_id"])
-        assert 0.0 <= row["value"] <= 1.0
+    # the values are what the evaluation API computes for the same checkpoint, seed and number of images
+    from t2i.evaluate import evaluate, load_evaluators, load_model, metric_specs
+
+    model = load_model(trained_run)
+    recipe = recipe_mod.validate(recipe_mod.apply_overrides(model.recipe.to_dict(), [METRICS]))
+    dataset = recipe.data.dataset.build(split="test", image_sizes=[recipe.stage_sizes()[-1]])
+    again = evaluate(model.generator, model.text_encoder, dataset, metric_specs(recipe, None, dataset),
+                     evaluators=load_evaluators(model), z_dim=recipe.model.z_dim, cond_dim=recipe.model.cond_dim,
+                     n=8, batch_size=4, seed=100)  # fmt: skip
+    assert {r["metric"]: r["value"] for r in again.rows} == {k: r["value"] for k, r in rows.items()}
+    assert rows["r_precision.v1"]["value"] * 8 == round(rows["r_precision.v1"]["value"] * 8)  # hits out of 8
+    # a 2-step generator draws noise: far below the real images' consistency (> 0.9, test_metrics_consistency)
+    assert rows["caption_consistency.v1"]["value"] < 0.6
     assert rows["caption_consistency.v1"]["protocol"]["judge"].startswith("shapes-judge")
     assert set(rows["caption_consistency.v1"]["details"]) >= {"colour_rate", "kind_rate"}
     # Default judges are the encoders G was trained against, and the record says so.
@@ -70,7 +82,7 @@ def test_eval_appends_rows_with_protocols_and_writes_images(trained_run, tmp_pat
     assert all(re.search(r"_s-1_[01]\.png$", f) for f in files)
 
 
-def test_eval_is_deterministic_for_a_seed(trained_run):
+def test_eval_is_deterministic_for_a_seed(trained_run, tmp_path):
     from t2i.evaluate import evaluate, load_evaluators, load_model, metric_specs
 
     model = load_model(trained_run)
@@ -79,10 +91,20 @@ def test_eval_is_deterministic_for_a_seed(trained_run):
     specs = metric_specs(recipe, None, dataset)
     kwargs = dict(z_dim=recipe.model.z_dim, cond_dim=recipe.model.cond_dim, n=6, batch_size=3, seed=7)
     evaluators = load_evaluators(model)
-    first = evaluate(model.generator, model.text_encoder, dataset, specs, evaluators=evaluators, **kwargs)
-    second = evaluate(model.generator, model.text_encoder, dataset, specs, evaluators=evaluators, **kwargs)
+    runs = {}
+    for name, seed in (("first", 7), ("second", 7), ("other", 8)):
+        folder = tmp_path / name
+        result = evaluate(model.generator, model.text_encoder, dataset, specs, evaluators=evaluators,
+                          write_images=folder, **{**kwargs, "seed": seed})  # fmt: skip
+        images = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+        runs[name] = (result, images)
+    (first, first_images), (second, second_images), (_, other_images) = runs.values()
     assert [r["value"] for r in first.rows] == [r["value"] for r in second.rows]
     assert first.images == 6 and [r["protocol_id"] for r in first.rows] == [r["protocol_id"] for r in second.rows]
+    assert len(first_images) == 6 and first_images == second_images  # same seed: the same pixels
+    assert len(other_images) == 6 and not set(other_images.values()) & set(first_images.values()), (
+        "another seed must draw other images"
+    )
 
 
 def test_unknown_metric_exits_1_with_the_registry_message(trained_run):

@@ -58,7 +58,17 @@ def test_singular_covariances_are_fine():
     x = np.random.default_rng(0).normal(size=(5, 16))  # n < d: rank-deficient covariance
     mu, sigma = x.mean(0), np.cov(x, rowvar=False)
     assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6  # sqrt of ~1e-16 eigenvalues
-    assert np.isfinite(frechet_distance(mu, sigma, mu + 1, sigma * 2))
+    # |1|^2 per dimension + tr(S + 2S - 2 sqrt(2) S): the known value, also for a singular S
+    expected = 16 + (3 - 2 * np.sqrt(2)) * np.trace(sigma)
+    assert frechet_distance(mu, sigma, mu + 1, sigma * 2) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("d", [0.5, 3.0])
+def test_shifted_mean_gives_squared_distance(d):
+    mu, sigma = _stats(300, 8, 4)
+    shift = np.zeros(8)
+    shift[[1, 5]] = d
+    assert frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(2 * d**2, rel=1e-6)
 
 
 def test_streaming_stats_equal_numpy_cov():
@@ -171,6 +181,15 @@ def test_real_statistics_are_cached_and_reused(tmp_path):
     assert p["reference"]["cached"] and p["reference"]["cache_key"] == r1.protocol["reference"]["cache_key"]
     assert p["reference"]["n"] == 6 and p["checkpoint_sha256"] == "abc" and p["seed"] == 100
     assert list((tmp_path / "c").glob("stats-*.npz"))
+    # and both equal the formula on the same features, computed here from scratch
+    real = torch.cat(list(real_images()))
+    expected = _scipy_fid(*_mean_cov(first.features(fake, real=False)), *_mean_cov(first.features(real, real=True)))
+    assert r1.value == pytest.approx(expected, rel=1e-6) and r2.value == pytest.approx(expected, rel=1e-6)
+
+
+def _mean_cov(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    f = features.double().numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
 
 
 def test_reference_stats_file(tmp_path):
@@ -178,9 +197,13 @@ def test_reference_stats_file(tmp_path):
     np.savez(tmp_path / "bird_val.npz", mu=mu, sigma=sigma)
     metric = _stub(FIDDMGAN2018)(FIDParams(reference_stats=str(tmp_path / "bird_val.npz")),
                                  context=EvalContext(weights_dir=tmp_path, cache_dir=tmp_path))  # fmt: skip
-    metric.update(torch.rand(50, 3, 8, 8) * 2 - 1, {})
+    images = torch.rand(50, 3, 8, 8) * 2 - 1
+    metric.update(images, {})
     result = metric.compute()
     assert result.protocol["reference"]["source"] == "file bird_val.npz"
+    # the value is the formula between the generated features and the file's mu / sigma (not zeros, not a cache)
+    fake_mu, fake_sigma = _mean_cov(torch.cat([metric.features(images, real=False)]))
+    assert result.value == pytest.approx(_scipy_fid(fake_mu, fake_sigma, mu, sigma), rel=1e-6)
     assert len(result.protocol["reference"]["sha256"]) == 64
 
 

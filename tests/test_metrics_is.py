@@ -44,9 +44,39 @@ def test_missing_weights_and_missing_classifier(tmp_path):
 
 @pytest.mark.slow
 def test_random_backbone_end_to_end(tmp_path):
-    metric = InceptionScore(InceptionScoreParams(splits=2, allow_random_backbone=True),
+    metric = InceptionScore(InceptionScoreParams(splits=1, allow_random_backbone=True),
                             context=EvalContext(weights_dir=tmp_path, batch_size=2))  # fmt: skip
     metric.update(torch.rand(4, 3, 32, 32) * 2 - 1, {})
     result = metric.compute()
-    assert 1.0 - 1e-9 <= result.value <= 1008 and result.n == 4
-    assert result.protocol["backbone"]["sha256"] == "random-init" and result.protocol["splits"] == 2
+    # IS = exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016) on the backbone's own class probabilities
+    p = torch.cat(metric.probs).double().numpy()
+    expected = np.exp(np.mean(np.sum(p * (np.log(p) - np.log(p.mean(0, keepdims=True))), axis=1)))
+    assert result.value == pytest.approx(expected, rel=1e-5) and result.n == 4 and p.shape[0] == 4
+    assert result.protocol["backbone"]["sha256"] == "random-init" and result.protocol["splits"] == 1
+
+
+class _StubBackbone(torch.nn.Module):
+    """Three 'classes' = the image's mean colour, sharpened: confident, distinct predictions per colour."""
+
+    info = {"name": "stub", "weights_file": None, "sha256": "stub"}
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+    def logits(self, features):
+        return 8 * features
+
+
+def test_metric_reports_the_score_of_its_predictions(tmp_path, monkeypatch):
+    import t2i.metrics.inception_score as module
+
+    monkeypatch.setattr(module, "fid_inception", lambda *a, **k: _StubBackbone())
+    metric = InceptionScore(InceptionScoreParams(splits=2), context=EvalContext(weights_dir=tmp_path, batch_size=3))
+    colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1], [1, -1, -1], [-1, 1, -1]])
+    metric.update(colours[:, :, None, None].expand(6, 3, 8, 8), {})
+    result = metric.compute()
+    # Salimans et al. 2016: exp(E_x KL(p(y|x) || p(y))) per split, in the seeded shuffled order, mean over splits
+    p = torch.softmax(8 * colours.double(), dim=1).numpy()[np.random.default_rng(100).permutation(6)]
+    scores = [np.exp(np.mean(np.sum(s * (np.log(s) - np.log(s.mean(0))), axis=1))) for s in (p[:3], p[3:])]
+    assert result.value == pytest.approx(np.mean(scores), rel=1e-6) and result.std == pytest.approx(np.std(scores))
+    assert result.value > 1.5 and result.n == 6

@@ -63,3 +63,23 @@ def test_recompute_targets_are_checked():
         load("dmgan_shapes", ['train.recompute=["encoder"]'])
     with pytest.raises(SetupError, match="no submodule 'first_stage'.*init_stage"):
         trainer("dmgan_shapes", '["generator.first_stage"]', ['train.pretrained.image_encoder="random"'])
+
+
+def test_recomputation_reruns_the_forward_in_backward_and_restores_state():
+    calls = []
+    module = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    # a pre-hook: the re-run in backward stops early, once it has recomputed what backward needs
+    module.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    from t2i.train.recompute import Recomputed
+
+    wrapped = Recomputed(module)
+    x = torch.randn(4, 3, requires_grad=True)
+    out = wrapped(x)
+    assert len(calls) == 1
+    after_forward = module[1].running_mean.clone()
+    out.square().sum().backward()
+    assert len(calls) == 2, "backward did not run the forward again: nothing was recomputed"
+    torch.testing.assert_close(module[1].running_mean, after_forward, rtol=0, atol=0)  # state moved once only
+    with torch.no_grad():
+        wrapped(x)
+    assert len(calls) == 3  # no graph, nothing to recompute

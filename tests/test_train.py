@@ -85,6 +85,67 @@ def test_resume_is_bit_exact(data_root, tmp_path):
     assert any(not torch.equal(a[k], v) for k, v in params_of(fresh).items() if k.startswith("G."))
 
 
+def _recording(trainer: GANTrainer) -> list[list[str]]:
+    """The item keys of every batch ``trainer`` trains on, in order."""
+    seen: list[list[str]] = []
+    step = trainer.train_step
+
+    def train_step(batch):
+        seen.append(list(batch.keys))
+        return step(batch)
+
+    trainer.train_step = train_step
+    return seen
+
+
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flat(sub, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def test_resume_across_an_epoch_boundary_with_a_data_worker_is_bit_exact(data_root, tmp_path):
+    recipe, dataset = make(data_root, ["train.checkpoint_every=1000"])
+    per_epoch = len(dataset) // recipe.data.batch_size
+    stop, total = per_epoch + 1, per_epoch + 2  # the interruption falls inside the second epoch
+    straight = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "a"), dataset, quiet=True)
+    straight_keys = _recording(straight)
+    straight.fit(steps=total)
+
+    with_worker, _ = make(data_root, ["train.checkpoint_every=1000", "data.workers=1"])
+    first = GANTrainer(with_worker, run_dirs.create(with_worker, tmp_path / "b"), dataset, quiet=True)
+    first_keys = _recording(first)
+    first.fit(steps=stop)
+    state = ckpt.load(first.run.checkpoints / "last.pt")
+    assert state["step"] == stop
+    resumed = GANTrainer(with_worker, first.run, dataset, resume=state, quiet=True)
+    resumed_keys = _recording(resumed)
+    resumed.fit(steps=total)
+
+    assert first_keys + resumed_keys == straight_keys
+    assert straight_keys[per_epoch] != straight_keys[0], "the second epoch must not repeat the first one's order"
+    a, b = _flat(straight.state()), _flat(resumed.state())
+    keys = [k for k in a if k.startswith(("models.", "optimizers.")) and isinstance(a[k], torch.Tensor)]
+    assert any(k.startswith("models.generator_ema.") for k in keys) and any(".exp_avg_sq" in k for k in keys)
+    different = [k for k in keys if not torch.equal(a[k], b[k])]
+    assert not different, f"resume across an epoch boundary is not exact: {different[:5]}"
+    assert a["optimizers.generator.state.0.step"] == b["optimizers.generator.state.0.step"] == total
+
+
+def test_alignment_terms_see_the_last_stage_image(data_root, tmp_path):
+    recipe, dataset = make(data_root)
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path), dataset, quiet=True)
+    seen = []
+    for term in trainer.nets.alignment:
+        forward = term.forward
+        term.forward = lambda fake, text, forward=forward: (seen.append(tuple(fake.shape)), forward(fake, text))[1]
+    trainer.fit(steps=1)
+    size = recipe.stage_sizes()[-1]
+    assert seen and all(shape[-2:] == (size, size) for shape in seen), (seen, recipe.stage_sizes())
+
+
 def test_run_folder_contents_and_no_reuse(data_root, tmp_path):
     recipe, dataset = make(data_root, ["train.sample_every=2"])
     run = run_dirs.create(recipe, tmp_path)
@@ -313,11 +374,23 @@ def test_stream_pretraining_writes_a_captioner_the_gan_loads(data_root, tmp_path
         "mirrorgan_shapes", tiny_overrides(data_root) + STREAM_TINY + [f'train.pretrained.captioner="{last}"']
     )
     gan_set = gan.data.dataset.build(split="train", image_sizes=gan.stage_sizes())
-    GANTrainer(gan, run_dirs.create(gan, tmp_path / "gan"), gan_set, quiet=True).fit(steps=1)
+    trainer = GANTrainer(gan, run_dirs.create(gan, tmp_path / "gan"), gan_set, quiet=True)
+    trainer.fit(steps=1)
+    # the GAN's captioner is the pretrained one, weight for weight, and still is after a step (frozen)
+    pretrained = ckpt.load(last)["models"]["captioner"]
+    ours = trainer.nets.frozen["captioner"].state_dict()
+    assert ours.keys() == pretrained.keys()
+    different = [k for k in ours if not torch.equal(ours[k], pretrained[k])]
+    assert not different, f"the GAN's captioner is not the pretrained checkpoint's: {different[:5]}"
+    random = recipe_mod.load("mirrorgan_shapes", tiny_overrides(data_root) + STREAM_TINY)
+    untrained = GANTrainer(random, run_dirs.create(random, tmp_path / "gan3"), gan_set, quiet=True)
+    floats = [k for k in ours if ours[k].is_floating_point()]
+    assert any(not torch.equal(untrained.nets.frozen["captioner"].state_dict()[k], ours[k]) for k in floats)
 
 
 @pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data_root, tmp_path):
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_writes_a_checkpoint_and_exits_cleanly(data_root, tmp_path, name, code):
     import signal
     import time
 
@@ -334,10 +407,10 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data_root, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, name))
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err  # 128 + the signal's number, as a shell reports a killed command
     assert "Traceback" not in err
     state = ckpt.load(run / "checkpoints" / "last.pt")
     assert 2 <= state["step"] < 100000
-    assert "SIGTERM: checkpoint written" in (run / "log.txt").read_text()
+    assert f"{name}: checkpoint written at step {state['step']}" in (run / "log.txt").read_text()

@@ -63,13 +63,17 @@ class GlobalLocalDynamicMemory(DynamicMemory):
 
         gate_c = torch.sigmoid(self.A_c(c_code) + self.B_c(r_bar))[:, :, None]  # g^c (B, 1, 1)
         memory_c = self.M_c(c_code[:, :, None]) * gate_c + self.M_r(r_bar[:, :, None]) * (1 - gate_c)  # (B, 2g, 1)
-        key_c = self.key(memory_c)[..., None]  # (B, g, 1, 1)
-        value_c = self.value(memory_c)[..., None]
-        beta = torch.softmax(h * key_c, dim=1)  # over channels, per pixel
-        out_c = beta * value_c  # ō (B, g, H, W)
+        out_c, _ = self.read_global(h, memory_c)
 
         gates = self.response_gate[1](conv1x1_of_concat((h, out, out_c), self.response_gate[0]))  # (B, 3, H, W)
         return gates[:, 0:1] * h + gates[:, 1:2] * out + gates[:, 2:3] * out_c, alpha
+
+    def read_global(self, h: Tensor, memory_c: Tensor) -> tuple[Tensor, Tensor]:
+        """The global slot's reading: ō (B, g, H, W) and its channel weights β (B, g, H, W)."""
+        key_c = self.key(memory_c)[..., None]  # (B, g, 1, 1)
+        value_c = self.value(memory_c)[..., None]
+        beta = torch.softmax(h * key_c, dim=1)  # over channels, per pixel
+        return beta * value_c, beta
 
 
 register(
