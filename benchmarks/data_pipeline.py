@@ -1,8 +1,9 @@
 """Input-pipeline throughput: t2i (cached, pre-resized images) vs the originals' per-step JPEG pipeline.
 
-Setting of issue 5 item 7: 500x375 JPEGs, bird pipeline (bbox crop, resize shorter side to 304, random 256 crop,
+CUB-like setting: 500x375 JPEGs, bird pipeline (bbox crop, resize shorter side to 304, random 256 crop,
 flip, 64/128/256 pyramid, [-1, 1]), batch 10, DataLoader with 0 and 2 workers. The "original" pipeline below is
-re-written from training.md §1.5 with torchvision transforms (decode + resize every image on every step).
+the AttnGAN / DM-GAN datasets.py and main.py transforms, re-written with torchvision (decode + resize every image
+on every step).
 Also: shapes generation rate at 64 px. Every number is the median of ``--repeats`` runs; the load average is printed
 (other jobs on the machine lower every rate; compare ratios measured side by side).
 
@@ -53,7 +54,7 @@ def make_jpegs(root: Path, n: int) -> None:
 
 
 class OriginalPipeline(torch.utils.data.Dataset):
-    """Per step: decode JPEG, bbox crop, Resize(304), RandomCrop(256), flip, pyramid, normalise (§1.5)."""
+    """Per step: decode JPEG, bbox crop, Resize(304), RandomCrop(256), flip, pyramid, normalise, as the originals do."""
 
     def __init__(self, root: Path, dataset) -> None:
         from torchvision import transforms

@@ -1,7 +1,7 @@
 """The prepared GPU check (run through benchmarks/gpu_check.sh): parity, training, memory and sampling on one device.
 
 Full size (default, about 8 minutes on one H100): golden parity tests on the device (float64 and float32, TF32 off);
-``--steps`` training steps of each published bird recipe at batch 10 on synthetic CUB-shaped batches (t2i/bench.py)
+``--steps`` training steps of each published bird recipe at batch 10 on synthetic CUB-shaped batches (t2i.bench)
 in fp32 and in bf16 + channels_last (and + torch.compile for ``--compile-recipes``), each with its first step (compile)
 timed apart, the median step, peak device memory and sampling images/s; then ``t2i bench --against-reference`` on
 the device beside the original networks. ``--tiny`` runs the same code paths at toy sizes on the shapes recipes (the
@@ -43,27 +43,27 @@ def configs(recipe: str, compile_recipes: list[str], tiny: bool) -> list[dict]:
 def train_case(recipe_name: str, config: dict, device: str, steps: int, batch: int, tiny: bool) -> dict:
     import torch
 
-    from t2i import bench as B
+    from t2i.bench import synthetic as S
+    from t2i.bench.cases import build_trainer
     from t2i.runtime import Runtime
 
     overrides = list(TINY) if tiny else []
-    recipe = B.bench_recipe(recipe_name, batch, overrides)
+    recipe = S.bench_recipe(recipe_name, batch, overrides)
     if tiny and recipe.model.image_encoder is not None:
-        recipe = B.bench_recipe(recipe_name, batch, [*overrides, "model.image_encoder.width=4"])
-    reference = B.REFERENCE_MODELS.get(recipe_name)
-    vocab = B.synthetic_vocab(
-        50 if tiny else B.vocab_size_of(recipe, reference), recipe.data.dataset.raw_params.get("convention", "A")
+        recipe = S.bench_recipe(recipe_name, batch, [*overrides, "model.image_encoder.width=4"])
+    vocab = S.synthetic_vocab(
+        50 if tiny else S.vocab_size_of(recipe), recipe.data.dataset.raw_params.get("convention", "A")
     )
     runtime = Runtime.create(
         device, config["precision"], channels_last=config["channels_last"], compile=config["compile"]
     )
     torch.manual_seed(0)
-    trainer = B.build_trainer(recipe, vocab, False, runtime)
-    sizes, words = recipe.stage_sizes(), B.words_num_of(recipe)
+    trainer = build_trainer(recipe, vocab, runtime)
+    sizes, words = recipe.stage_sizes(), S.words_num_of(recipe)
     runtime.reset_peak_memory()
     times, losses = [], []
     for i in range(steps):
-        data = runtime.batch(B.synthetic_batch(sizes, batch, vocab, words, seed=1000 + i))
+        data = runtime.batch(S.synthetic_batch(sizes, batch, vocab, words, seed=1000 + i))
         runtime.synchronize()
         t0 = time.perf_counter()
         logs = trainer.train_step(data)
@@ -89,7 +89,7 @@ def train_case(recipe_name: str, config: dict, device: str, steps: int, batch: i
     generator = runtime.compiled(runtime.module(trainer.ema.model.eval()))
     from t2i.train.loop import text_features
 
-    text = text_features(trainer.nets.text_encoder, runtime.batch(B.synthetic_batch(sizes, batch, vocab, words, 1)),
+    text = text_features(trainer.nets.text_encoder, runtime.batch(S.synthetic_batch(sizes, batch, vocab, words, 1)),
                          trainer.mask_ids)  # fmt: skip
     z = torch.randn(batch, recipe.model.z_dim, device=runtime.device)
     eps = torch.randn(batch, recipe.model.cond_dim, device=runtime.device)
@@ -122,10 +122,11 @@ def parity(device: str, out: Path) -> dict:
     return {"exit": proc.returncode, "summary": summary, "seconds": time.perf_counter() - t0}
 
 
-def against_reference(recipe: str, device: str, out: Path, batch: int) -> dict:
+def against_reference(recipe: str, device: str, out: Path, batch: int, reference_dir: str | None) -> dict:
     path = out / f"bench_{recipe}.json"
     command = [sys.executable, "-m", "t2i", "bench", recipe, "--what", "train,sample", "--batch", str(batch)]
     command += ["--against-reference", "--device", device, "--repeat", "3", "--no-flops", "--json", str(path)]
+    command += ["--reference-dir", reference_dir] if reference_dir else []
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     (out / f"bench_{recipe}.txt").write_text(proc.stdout + proc.stderr)
     result = {"exit": proc.returncode}
@@ -175,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 10; tiny 2)")
     ap.add_argument("--compile-recipes", default="dmgan_bird", help="comma list of recipes also run compiled")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: parity, train, reference")
+    ap.add_argument("--reference-dir", default=None, help="t2i bench --reference-dir (default: its own)")
     args = ap.parse_args(argv)
     import tempfile
 
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(json.dumps(results, indent=1))
     if "reference" not in skip:
         results["against_reference"] = {
-            r: against_reference(r, args.device, out, batch) for r in ("dmgan_bird", "attngan_bird")
+            r: against_reference(r, args.device, out, batch, args.reference_dir) for r in ("dmgan_bird", "attngan_bird")
         }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))

@@ -6,7 +6,8 @@
 #   benchmarks/gpu_check.sh                      # CUDA, full size; results under $OUT (default: a temp folder)
 #   benchmarks/gpu_check.sh --device cpu --tiny  # the same code paths at toy sizes (run by the test suite)
 #
-# Options go to benchmarks/gpu_check.py (--steps, --batch, --compile-recipes, --skip parity,train,reference).
+# Options go to benchmarks/gpu_check.py (--steps, --batch, --compile-recipes, --skip parity,train,reference,
+# --reference-dir DIR).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"

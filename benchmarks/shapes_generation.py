@@ -1,4 +1,4 @@
-"""Shapes generation rate: ``make_shapes`` to disk in the CUB layout, images/s for 1 and 2 workers (issue 5 item 4).
+"""Shapes generation rate: ``make_shapes`` to disk in the CUB layout, images/s for 1 and 2 workers.
 
 Also prints the in-memory rate of one process (drawing + PNG encoding, no files) and the CPU time split into user
 and system time, because on this machine kind creating a file costs between 0.05 and 0.6 ms of kernel time

@@ -1,4 +1,4 @@
-"""``train.recompute``: recomputing activations in backward changes nothing but memory (issue 8)."""
+"""``train.recompute``: recomputing activations in backward changes nothing but memory."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2i import bench
+from t2i.bench import synthetic
 from t2i.recipe import RecipeError, load
 from t2i.train.loop import GANTrainer
 from t2i.train.networks import SetupError
@@ -21,9 +21,9 @@ TINY = ["data.batch_size=4", "model.gf_dim=4", "model.df_dim=4", "model.text_dim
 def trainer(recipe: str, recompute: str, extra: list[str]) -> tuple[GANTrainer, object]:
     r = load(recipe, [*TINY, *extra, f"train.recompute={recompute}"])
     torch.manual_seed(0)
-    vocab = bench.synthetic_vocab(50)
+    vocab = synthetic.synthetic_vocab(50)
     run = RunDir(Path(tempfile.mkdtemp(prefix="t2i_recompute_")))
-    return GANTrainer(r, run, bench.SyntheticCaptions(vocab, 18), quiet=True), vocab
+    return GANTrainer(r, run, synthetic.SyntheticCaptions(vocab, 18), quiet=True), vocab
 
 
 def state(t: GANTrainer) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ def test_recomputed_training_equals_plain_training(recipe, extra):
         fast, vocab = trainer(recipe, '["discriminators", "generator.init_stage"]', extra)
         plain, _ = trainer(recipe, "[]", extra)
         for step in range(2):
-            batch = bench.synthetic_batch(fast.recipe.stage_sizes(), 4, vocab, 18, seed=step)
+            batch = synthetic.synthetic_batch(fast.recipe.stage_sizes(), 4, vocab, 18, seed=step)
             a, b = fast.train_step(batch), plain.train_step(batch)
             assert a.keys() == b.keys()
             for key in a:

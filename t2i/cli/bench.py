@@ -1,7 +1,8 @@
-"""``t2i bench [RECIPE]``: seconds per training iteration (by phase), sampling images/s, FLOPs, peak RSS (issue 8).
+"""``t2i bench [RECIPE]``: seconds per training iteration (by phase), sampling images/s, FLOPs, peak RSS.
 
 Every case runs in a fresh process (its own peak RSS); with ``--against-reference`` the original networks are timed
-in the same run, case by case next to t2i's, and the ratios t2i / original are printed. See t2i/bench.py.
+in the same run, case by case next to t2i's, and the ratios t2i / original are printed. The measuring itself is in
+the t2i.bench package; this module parses the options and prints the tables.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ def bench(
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed calls first (FLOPs are counted in the first)."),
     json_out: Path = typer.Option(None, "--json", help="Write every number (per repeat, per phase) here."),
     against_reference: bool = typer.Option(
-        False, "--against-reference", help="Also time the original networks (../shared/bench-reference); print ratios."
+        False, "--against-reference", help="Also time the original networks (see --reference-dir); print ratios."
     ),
-    reference_dir: Path = typer.Option(None, "--reference-dir", help="Where bench_reference.py lives."),
+    reference_dir: Path = typer.Option(
+        None,
+        "--reference-dir",
+        help="Folder of the original networks' harness, bench_reference.py "
+        "(default: ../shared/bench-reference next to the repository).",
+    ),
     impl: list[str] = typer.Option(
-        None, "--impl", help="Implementations to time: t2i (committed), t2i-fast (fast_path), reference. Repeatable."
+        None, "--impl", help="Implementations to time: t2i, reference (the original networks). Repeatable."
     ),
     sets: list[str] = SetOption,
     threads: int = typer.Option(2, "--threads", min=1, help="torch intra-op threads in every case."),
@@ -62,34 +68,37 @@ def bench(
     """
     import torch
 
-    from t2i import bench as B
+    from t2i.bench import cases, cpu_meter, reference, synthetic
     from t2i.recipe import find_recipe
 
     path = str(find_recipe(recipe))
     if json_out is not None:
         check_output(json_out, "--json")
     tasks = _tasks(what)
-    implementations = list(impl or ["t2i", "t2i-fast"])
+    implementations = list(impl or ["t2i"])
     for name in implementations:
-        if name not in B.IMPLEMENTATIONS:
-            raise UserError(f"--impl {name!r}: use one of {', '.join(B.IMPLEMENTATIONS)}")
+        if name == "t2i-fast":  # its rewrites became the models' own (folded upsample conv, inference BatchNorm)
+            raise UserError("--impl t2i-fast: removed; its rewrites are built into the models now: use --impl t2i")
+        if name not in cases.IMPLEMENTATIONS:
+            raise UserError(f"--impl {name!r}: use one of {', '.join(cases.IMPLEMENTATIONS)}")
     if against_reference and "reference" not in implementations:
         implementations.insert(0, "reference")
-    ref_dir = Path(reference_dir) if reference_dir else B.default_reference_dir()
+    ref_dir = Path(reference_dir) if reference_dir else reference.default_reference_dir()
     if "reference" in implementations:
-        _check_reference(ref_dir, Path(path).stem, B)
-    B.bench_recipe(path, batch, list(sets or []))  # validate the recipe + overrides once, here, with a clear error
+        reference.check(ref_dir, Path(path).stem)
+    # validate the recipe and its overrides once, here, with a clear error
+    synthetic.bench_recipe(path, batch, list(sets or []))
     flags = RuntimeFlags(device or "cpu", precision, channels_last, compile)
     runtime = flags.runtime()  # a device this machine lacks is exit 1 here, not in every case
     runtime_spec = {"device": str(runtime.device), **{k: v for k, v in flags.given().items() if k != "device"}}
 
     torch.set_num_threads(threads)
-    peak_before = B.matmul_peak(matmul_size)
+    peak_before = cpu_meter.matmul_peak(matmul_size)
     console.print(
         f"[bold]{escape(Path(path).stem)}[/] · {threads} threads · matmul {matmul_size}² fp32 peak "
         f"{peak_before['gflops_best']:.0f} GFLOP/s (others used {100 * peak_before['others_frac']:.0f}% of the CPUs)"
     )
-    cases = B.plan(
+    planned = cases.plan(
         path,
         tasks,
         batch=batch,
@@ -103,10 +112,10 @@ def bench(
         runtime=runtime_spec,
     )
     results = []
-    for spec in cases if isolated else []:
+    for spec in planned if isolated else []:
         console.print(f"  {spec['impl']:9s} {spec['task']:6s} …", end="")
         try:
-            result = B.run_isolated(spec)
+            result = cases.run_isolated(spec)
         except RuntimeError as exc:
             err_console.print(f"\n[red]{escape(str(exc))}[/]")
             continue
@@ -114,20 +123,20 @@ def bench(
         others = result.get("others_frac") or 0.0
         flag = " [yellow][CONTENDED][/]" if others > 0.05 else ""
         console.print(f" {result['seconds']['median']:.3f} s{flag}")
-    peak_after = B.matmul_peak(matmul_size)
+    peak_after = cpu_meter.matmul_peak(matmul_size)
     peak = max(peak_before["gflops_best"], peak_after["gflops_best"])
     if results:
         console.print(_results_table(results, peak))
-    rows = B.ratios(results)
+    rows = cases.ratios(results)
     if rows:
         console.print(_ratio_table(rows))
     paired = []
     for task in tasks if interleave else []:
-        specs = [c for c in cases if c["task"] == task and task != "data"]
+        specs = [c for c in planned if c["task"] == task and task != "data"]
         if len(specs) < 2:
             continue
         console.print(f"  interleaved {task}: {interleave} rounds of {', '.join(c['impl'] for c in specs)} …")
-        paired.append(B.interleaved(specs, interleave, warmup))
+        paired.append(cases.interleaved(specs, interleave, warmup))
     if paired:
         console.print(_paired_table(paired))
     if json_out:
@@ -137,6 +146,7 @@ def bench(
             "recipe": path,
             "threads": threads,
             "runtime": runtime.info(),
+            "reference_dir": str(ref_dir) if "reference" in implementations else None,
             "matmul_peak_before": peak_before,
             "matmul_peak_after": peak_after,
             "results": results,
@@ -155,24 +165,6 @@ def _tasks(what: str) -> list[str]:
             raise UserError(f"--what {part!r}: use train, sample, data, all or a comma list")
         tasks += [t for t in WHAT[part] if t not in tasks]
     return tasks
-
-
-def _check_reference(ref_dir: Path, stem: str, B) -> None:
-    if stem not in B.REFERENCE_MODELS:
-        raise UserError(
-            f"--against-reference: no original code for recipe {stem!r}; it exists for "
-            f"{', '.join(sorted(B.REFERENCE_MODELS))}"
-        )
-    if not (ref_dir / "bench_reference.py").is_file():
-        raise UserError(f"--against-reference: {ref_dir}/bench_reference.py not found (set --reference-dir)")
-    import importlib.util
-
-    missing = [m for m in ("yaml", "easydict") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UserError(
-            f"--against-reference: the original code needs {', '.join(missing)}: pip install pyyaml easydict "
-            "(or put them on PYTHONPATH)"
-        )
 
 
 def _gb(n: float) -> str:
