@@ -6,8 +6,8 @@ exit codes, messages, files, values. One tiny trained run is shared by the sampl
 
 from __future__ import annotations
 
-import hashlib
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,15 @@ from typer.testing import CliRunner
 
 from t2i.cli import app
 from t2i.train import checkpoint as ckpt
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_signal_handlers():
+    """train and pretrain install SIGINT/SIGTERM handlers; pytest's own come back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
 
 
 def invoke(*args):
@@ -42,10 +51,6 @@ def run(shapes, tmp_path_factory) -> Path:
     folders = [p for p in (root / "dmgan_shapes").iterdir() if p.is_dir()]
     assert len(folders) == 1
     return folders[0]
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- train / pretrain ----------------------------------------------------------------------------------------
