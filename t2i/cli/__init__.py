@@ -28,15 +28,22 @@ for _module in _common.optional_command_modules():
     _module.register(app)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the t2i version and exit."),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from t2i import __version__
 
         typer.echo(__version__)
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    # Eager: handled while parsing, so `t2i --version` needs no command (a plain callback would never run).
+    version: bool = typer.Option(
+        False, "--version", help="Print the t2i version and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    pass
 
 
 def main() -> None:
