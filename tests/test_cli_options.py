@@ -306,3 +306,10 @@ def test_ablate_alignment_metric_and_runs_root(shapes, tmp_path):
     config = (folder / "alignment-none" / "seed-0" / "config.resolved.toml").read_text()
     assert "alignment = []" in config
     assert "damsm (base)" in (folder / "results.md").read_text()
+
+
+def test_version_prints_the_package_version():
+    import t2i
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == t2i.__version__
