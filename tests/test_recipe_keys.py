@@ -67,6 +67,16 @@ def test_half_life_overrides_decay(data_root, tmp_path):
     assert trainer.ema.decay == pytest.approx(0.5**0.5)
 
 
+def test_ema_defaults_are_the_originals_and_the_average_is_frozen():
+    from t2i.train.ema import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(net)
+    assert ema.decay == 0.999 and ema.include_buffers is False  # AttnGAN / DM-GAN: 0.999, parameters only
+    assert not any(p.requires_grad for p in ema.model.parameters())  # an optimizer or backward never touches it
+    assert all(p.requires_grad for p in net.parameters()) and ema.model is not net
+
+
 @pytest.mark.parametrize("include", [False, True])
 def test_ema_include_buffers_averages_batchnorm_statistics(data_root, tmp_path, include):
     recipe = load(
