@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2i-installed
 
-.PHONY: install demo test lint clean-venv
+# Coverage of the t2i package, lines and branches, printed after the tests (docs/testing.md).
+COV ?= --cov=t2i --cov-branch --cov-report=term
+
+.PHONY: install demo test lint mutation clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +23,18 @@ demo: $(STAMP)
 	$(BIN)/t2i demo
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(COV)
+
+# Mutation testing (mutmut; config in pyproject.toml). Not in CI: hours for every module. One module, e.g.
+#   PYTEST_ADDOPTS='-k ema' make mutation MUTANTS='t2i.train.ema*'
+# (MUTANTS: mutant-name globs; PYTEST_ADDOPTS narrows the tests run once to map tests to functions). See docs/testing.md.
+MUTANTS ?=
+export T2I_GOLDEN ?= $(abspath ../shared/golden)
+
+mutation: $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[mutation]'
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run $(MUTANTS)
+	$(BIN)/mutmut results
 
 lint: $(STAMP)
 	$(BIN)/ruff check t2i tests benchmarks

@@ -13,6 +13,7 @@ from t2i.cli._common import UserError, check_output, console, err_console, user_
 data_app = typer.Typer(help="Create, check and convert text-image data sets.", no_args_is_help=True)
 
 DATASETS = ("cub", "coco", "folder", "shapes")
+CONVENTIONS = ("A", "B")
 _DEFAULT_CPI = {"cub": 10, "coco": 5, "folder": 10, "shapes": 10}
 
 
@@ -36,6 +37,8 @@ def _read(path: Path, dataset: str | None, captions_per_image: int | None, conve
     dataset = dataset or _detect(path)
     if dataset not in DATASETS:
         raise UserError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if convention not in CONVENTIONS:  # checked here: deeper down it is a dictionary key (a KeyError traceback)
+        raise UserError(f"unknown --convention {convention!r}; use A or B")
     cpi = captions_per_image or _DEFAULT_CPI[dataset]
     if dataset == "folder":
         from t2i.data.folder import read_folder
