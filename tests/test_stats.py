@@ -145,10 +145,10 @@ def test_inception_score_items_recompute_the_reported_value(tmp_path, monkeypatc
 def test_tables_say_how_each_number_was_made():
     a, b = correlated(np.random.default_rng(7), shift=0.5)
     rows = stats.pairwise(["A", "B"], {"r_precision.v1": {"A": [a, a], "B": [b, b]}}, level=0.9, bootstrap=123,
-                          protocols={"r_precision.v1": "r_precision.v1 [abc123]"})  # fmt: skip
+                          protocols={"r_precision.v1": "abc123"})  # fmt: skip
     text = stats.markdown(rows)
     assert "90%" in text and "123 resamples" in text and "paired percentile bootstrap" in text
-    assert "r_precision.v1 [abc123]" in text and "60 × 2" in text and "B better than A" in text
+    assert "| abc123 |" in text and "60 × 2" in text and "B better than A" in text
     csv_text = stats.csv_text(rows)
     header, line = csv_text.splitlines()
     assert header.startswith("metric,a,b,a_value,b_value,difference,low,high,level,bootstrap")
