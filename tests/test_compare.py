@@ -134,3 +134,22 @@ def test_compare_with_n_writes_paired_results(trained_run, tmp_path):  # noqa: F
     assert row["images"] == "8" and row["seeds"] == "1" and row["verdict"] == "no distinguishable difference"
     again = invoke("compare", trained_run, "--metric", "caption_consistency", "-o", tmp_path / "x")
     assert again.exit_code == 1 and "--n" in again.output
+
+
+def test_evaluation_keeps_per_image_records_that_make_the_reported_values(trained_run):  # noqa: F811
+    from t2i.evaluate import evaluate, load_evaluators, metric_specs
+
+    model = load_model(trained_run)
+    recipe = recipe_mod.validate(recipe_mod.apply_overrides(model.recipe.to_dict(), [METRICS]))
+    dataset = recipe.data.dataset.build(split="test", image_sizes=[recipe.stage_sizes()[-1]])
+    kwargs = dict(evaluators=load_evaluators(model), z_dim=recipe.model.z_dim, cond_dim=recipe.model.cond_dim,
+                  n=8, batch_size=4, seed=100)  # fmt: skip
+    specs = metric_specs(recipe, None, dataset)
+    plain = evaluate(model.generator, model.text_encoder, dataset, specs, **kwargs)
+    kept = evaluate(model.generator, model.text_encoder, dataset, specs, keep_items=True, **kwargs)
+    assert plain.items == {} and [r["value"] for r in plain.rows] == [r["value"] for r in kept.rows]
+    assert set(kept.items) == {"caption_consistency.v1", "r_precision.v1"}
+    for row in kept.rows:
+        items = kept.items[row["metric"]]
+        assert items["scores"].shape == (8,) and len(items["keys"]) == 8
+        assert items["scores"].mean() == pytest.approx(row["value"], abs=1e-12)

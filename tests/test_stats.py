@@ -153,3 +153,28 @@ def test_tables_say_how_each_number_was_made():
     header, line = csv_text.splitlines()
     assert header.startswith("metric,a,b,a_value,b_value,difference,low,high,level,bootstrap")
     assert ",0.9,123,0," in line and "60;60" in line
+
+
+def test_fid_keeps_its_features_only_when_asked_and_they_recompute_the_value(tmp_path):
+    from test_metrics_fid import _stub
+
+    from t2i.metrics.fid import FID, FIDDMGAN2018, FIDParams
+
+    reference = tmp_path / "real.npz"
+    rng = np.random.default_rng(8)
+    np.savez(reference, mu=rng.normal(0, 0.1, 6), sigma=np.eye(6) * 0.2)
+    images = torch.rand(53, 3, 8, 8) * 2 - 1
+    for cls, kept in ((FID, 53), (FIDDMGAN2018, 50)):  # the legacy protocol drops the last partial batch of 50
+        values = {}
+        for keep in (False, True):
+            ctx = EvalContext(weights_dir=tmp_path, cache_dir=tmp_path, batch_size=7, keep_items=keep)
+            metric = _stub(cls)(FIDParams(reference_stats=str(reference)), context=ctx)
+            for chunk in images.split(7):
+                metric.update(chunk, {})
+            values[keep] = metric.compute().value
+            items = metric.per_item()
+        assert values[False] == values[True]  # keeping the features does not change the value
+        assert items["features"].shape == (kept, 6)
+        assert stats.statistic(items)(None) == pytest.approx(values[True], rel=1e-5)  # float32 features
+    ctx = EvalContext(weights_dir=tmp_path, cache_dir=tmp_path)
+    assert _stub(FID)(FIDParams(reference_stats=str(reference)), context=ctx).per_item() is None
