@@ -44,6 +44,7 @@ __all__ = [
     "VariantResult",
     "expand_grid",
     "parse_alignment",
+    "paired_summary",
     "preset_grid",
     "run_ablation",
     "summarise",
@@ -267,6 +268,8 @@ class AblationSpec:
     out: Path | None = None
     runs_root: Path = Path("runs")
     preset: str | None = None  # a named list of variants instead of the product of ``axes``
+    level: float = 0.95  # confidence level of the paired intervals in the reports
+    bootstrap: int = 1000  # bootstrap resamples of the paired intervals
 
 
 @dataclass
@@ -401,6 +404,7 @@ def run_variant(
         evaluators=evaluators,
         skip_unavailable=metric_names is None,
         checkpoint={"step": trainer.step, "path": str(run.checkpoints / "last.pt")},
+        keep_items=True,  # per-image records for the paired comparison of the reports
     )
     seconds = time.perf_counter() - start
     (folder / "done.json").write_text(
@@ -490,10 +494,64 @@ def summarise(grid: Sequence[Variant], results: Sequence[VariantResult]) -> tupl
     return metrics, table
 
 
+def paired_summary(
+    folder: Path,
+    grid: Sequence[Variant],
+    results: Sequence[VariantResult],
+    *,
+    level: float = 0.95,
+    bootstrap: int = 1000,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every pair of variants, every metric: B - A with a paired bootstrap interval over the evaluated images.
+
+    Every run is evaluated on the same captions and noise (evaluation seed 100), so variant A's seed-s images and
+    variant B's seed-s images are paired item by item; seeds are combined as ``t2i.stats`` describes. Reads the
+    per-image records each run keeps in ``eval_items/``. -> (rows of ``t2i.stats.pairwise``, notes on what was
+    left out and why).
+    """
+    from t2i import stats
+    from t2i.evaluate import load_items
+
+    seeds = sorted({r.seed for r in results})
+    labels = [v.label for v in grid]
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    protocols: dict[str, set[str]] = {}
+    missing: dict[str, list[str]] = {}
+    for variant in grid:
+        by_seed = {r.seed: r for r in results if r.variant == variant}
+        for metric in dict.fromkeys(row["metric"] for r in by_seed.values() for row in r.rows):
+            per_seed = []
+            for seed in seeds:
+                result = by_seed.get(seed)
+                row = next((x for x in result.rows if x["metric"] == metric), None) if result else None
+                items = None
+                if row is not None:
+                    protocols.setdefault(metric, set()).add(row.get("protocol_id", "?"))
+                    items = load_items(folder / variant.slug / f"seed-{seed}", metric, row.get("protocol_id", "?"))
+                if items is None:
+                    missing.setdefault(metric, []).append(f"{variant.label} seed {seed}")
+                    break
+                per_seed.append(items)
+            else:
+                records.setdefault(metric, {})[variant.label] = per_seed
+    notes = []
+    for metric in list(records):
+        if len(protocols.get(metric, ())) > 1:
+            notes.append(f"{metric}: measured under several protocols ({', '.join(sorted(protocols[metric]))}), "
+                         "not compared")  # fmt: skip
+            del records[metric]
+    for metric, where in missing.items():
+        notes.append(f"{metric}: no per-image record for {', '.join(where)} (evaluated before t2i kept them), "
+                     "left out of the paired comparison")  # fmt: skip
+    described = {m: next(iter(protocols[m])) for m in records}
+    rows = stats.pairwise(labels, records, protocols=described, level=level, bootstrap=bootstrap)
+    return rows, notes
+
+
 def write_reports(
     folder: Path, grid: Sequence[Variant], results: Sequence[VariantResult], base_name: str, spec: AblationSpec
 ) -> dict[str, Path]:
-    from t2i import viz
+    from t2i import stats, viz
 
     metrics, table = summarise(grid, results)
     axes = [axis for axis in AXES if any(v.get(axis) is not None for v in grid)]
@@ -531,7 +589,10 @@ def write_reports(
             "Warning: these metrics were measured under more than one protocol across variants and must not be "
             "compared directly: " + ", ".join(mixed)
         )
+    paired, notes = paired_summary(folder, grid, results, level=spec.level, bootstrap=spec.bootstrap)
+    lines += ["", "## Paired differences", "", stats.markdown(paired).rstrip("\n"), *[f"- {note}" for note in notes]]
     (folder / "results.md").write_text("\n".join(lines) + "\n")
+    (folder / "results_paired.csv").write_text(stats.csv_text(paired))
 
     charts = []
     for metric in metrics:
@@ -546,7 +607,7 @@ def write_reports(
                     ylabel=metric,
                 )
             )
-    paths = {"csv": folder / "results.csv", "md": folder / "results.md"}
+    paths = {"csv": folder / "results.csv", "md": folder / "results.md", "paired_csv": folder / "results_paired.csv"}
     if charts:
         paths["png"] = viz.save_png(viz.stack_vertical(charts), folder / "results.png")
     return paths

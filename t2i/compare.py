@@ -18,7 +18,7 @@ from torch import Tensor
 
 from t2i.evaluate import LoadedModel, read_rows
 
-__all__ = ["Comparison", "compare", "default_captions", "shared_metrics"]
+__all__ = ["Comparison", "PairedEvaluation", "compare", "default_captions", "paired_evaluation", "shared_metrics"]
 
 
 @dataclass
@@ -146,3 +146,85 @@ def compare(
     attention_path = viz.save_png(viz.stack_vertical(sheets), out / "attention.png") if sheets else None
     table, left_out = shared_metrics(models, names)
     return Comparison(grid_path, attention_path, names, unknown, table, left_out)
+
+
+@dataclass
+class PairedEvaluation:
+    rows: list[dict[str, Any]]  # t2i.stats.pairwise rows
+    skipped: dict[str, str]  # metric -> why it could not run
+    judge: str | None  # whose encoders judged R-precision (None: no R-precision)
+
+
+def paired_evaluation(
+    models: Sequence[LoadedModel],
+    names: Sequence[str],
+    *,
+    n: int,
+    seeds: Sequence[int] = (0,),
+    metrics: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    evaluator: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    runtime: Any = None,
+    level: float = 0.95,
+    bootstrap: int = 1000,
+    on_batch: Any = None,
+) -> PairedEvaluation:
+    """Evaluate every model on the same ``n`` items per seed (captions and noise of that evaluation seed) and
+    compare every pair with a paired bootstrap interval over the images (t2i.stats).
+
+    The data set, the metrics and their params come from the first model's recipe; the R-precision judge is
+    ``evaluator`` or else the first model's encoders, the same for every model, so the judge is not part of the
+    difference.
+    """
+    from t2i import stats
+    from t2i.evaluate import EvalSetupError, evaluate, load_evaluators, metric_specs, training_hashes
+
+    first = models[0].recipe
+    dataset = first.data.dataset.build(split=first.eval.split, image_sizes=[first.stage_sizes()[-1]])
+    for name, model in zip(names, models, strict=True):
+        if model.vocab != dataset.vocab:
+            raise EvalSetupError(
+                f"{name} was trained with another vocabulary than {names[0]}'s data set; paired metrics need "
+                "every model to read the same captions"
+            )
+    specs = metric_specs(first, metrics, dataset)
+    evaluators = load_evaluators(models[0], evaluator)
+    device = runtime.device if runtime is not None else "cpu"
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    protocols: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    for name, model in zip(names, models, strict=True):
+        for seed in seeds:
+            result = evaluate(
+                model.generator,
+                model.text_encoder,
+                dataset,
+                specs,
+                z_dim=model.recipe.model.z_dim,
+                cond_dim=model.recipe.model.cond_dim,
+                n=n,
+                batch_size=batch_size or first.eval.batch_size,
+                seed=seed,
+                device=device,
+                precision=getattr(runtime, "precision", None),
+                evaluators=evaluators,
+                training_network_hashes=training_hashes(model),
+                run_info={"checkpoint": model.checkpoint_record(), "split": first.eval.split},
+                weights_dir=weights_dir,
+                skip_unavailable=not metrics,
+                keep_items=True,
+                on_batch=on_batch,
+            )
+            skipped.update(result.skipped)
+            for row in result.rows:
+                if name == names[0]:
+                    protocols.setdefault(row["metric"], []).append(row["protocol_id"])
+                if row["metric"] in result.items:
+                    records.setdefault(row["metric"], {}).setdefault(name, []).append(result.items[row["metric"]])
+    described = {m: ";".join(dict.fromkeys(p)) for m, p in protocols.items()}  # one protocol id per seed
+    rows = stats.pairwise(list(names), records, protocols=described, level=level, bootstrap=bootstrap)
+    judge = None
+    if any(m.startswith("r_precision") for m in records):
+        judge = f"evaluator {evaluator}" if evaluator is not None else f"{names[0]}'s encoders"
+    return PairedEvaluation(rows, skipped, judge)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,14 @@ __all__ = [
     "default_metrics",
     "evaluate",
     "evaluate_trainer",
+    "items_path",
     "load_evaluators",
+    "load_items",
     "load_model",
     "metric_specs",
     "protocol_id",
     "read_rows",
+    "save_items",
     "write_image",
 ]
 
@@ -208,6 +211,7 @@ class Evaluation:
     images: int
     seconds: float
     skipped: dict[str, str]  # metric -> why it could not run (default metrics only)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> per_item() + "keys" (keep_items)
 
     @property
     def images_per_s(self) -> float:
@@ -264,13 +268,16 @@ def evaluate(
     workers: int = 0,
     skip_unavailable: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    keep_items: bool = False,
 ) -> Evaluation:
     """Generate ``n`` images for the split's captions and compute ``metrics``; -> rows for eval.jsonl.
 
     ``dataset`` is the evaluation split (its last image size is the generator's output size). With
     ``skip_unavailable`` a metric that cannot be built (e.g. no image encoder for R-precision) is reported in
     ``Evaluation.skipped`` instead of raising. ``precision`` (t2i.runtime.Precision) autocasts generation; the
-    metrics always see fp32 images. Only one batch of images is on the device at a time.
+    metrics always see fp32 images. Only one batch of images is on the device at a time. With ``keep_items``
+    ``Evaluation.items`` holds each metric's per-image record (``Metric.per_item``) and the items' data set keys,
+    for paired comparisons (t2i.stats).
     """
     from contextlib import nullcontext
 
@@ -293,6 +300,7 @@ def evaluate(
         real_images=_real_images(dataset, batch_size, seed, workers),
         run_info=dict(run_info or {}),
         training_network_hashes=dict(training_network_hashes or {}),
+        keep_items=keep_items,
         **context_kwargs,
     )
     registry = get_registry("metric")
@@ -319,6 +327,7 @@ def evaluate(
     )
     autocast = precision.autocast if precision is not None else nullcontext
     done, start = 0, time.perf_counter()
+    keys: list[str] = []
     try:
         with torch.inference_mode():
             for number, batch in enumerate(loader):
@@ -342,6 +351,7 @@ def evaluate(
                 }
                 for _name, metric in built:
                     metric.update(fake, info)
+                keys += info["keys"]
                 if write_images is not None:
                     for image, key in zip(fake, batch.keys, strict=True):
                         write_image(image, Path(write_images), key, number // per_pass)
@@ -351,10 +361,15 @@ def evaluate(
     finally:
         generator.train(was_training)
     seconds = time.perf_counter() - start
-    rows = []
+    rows, items = [], {}
     stamp = dt.datetime.now().isoformat(timespec="seconds")
     for name, metric in built:
         result = metric.compute()
+        record = metric.per_item() if keep_items else None
+        if record is not None:
+            from t2i.stats import item_count
+
+            items[name] = {**record, "keys": np.asarray(keys[: item_count(record)])}
         rows.append(
             {
                 "time": stamp,
@@ -368,7 +383,7 @@ def evaluate(
                 "images_per_s": done / max(seconds, 1e-9),
             }
         )
-    return Evaluation(rows=rows, images=done, seconds=seconds, skipped=skipped)
+    return Evaluation(rows=rows, images=done, seconds=seconds, skipped=skipped, items=items)
 
 
 def _head(batch: Any, count: int) -> Any:
@@ -429,6 +444,33 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+# -- per-image records (paired comparisons) ----------------------------------------------------------------------------
+def items_path(folder: str | Path, metric: str, protocol: str) -> Path:
+    """Where a run folder keeps the per-image record of its latest evaluation under one protocol."""
+    return Path(folder) / "eval_items" / f"{metric}-{protocol}.npz"
+
+
+def save_items(folder: str | Path, rows: Sequence[Mapping[str, Any]], items: Mapping[str, Mapping[str, Any]]) -> None:
+    """One ``.npz`` per metric (per_item arrays + item keys), replacing the previous one of the same protocol."""
+    for row in rows:
+        record = items.get(row["metric"])
+        if record is None:
+            continue
+        path = items_path(folder, row["metric"], row["protocol_id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, **{k: np.asarray(v) for k, v in record.items()})
+        partial.replace(path)
+
+
+def load_items(folder: str | Path, metric: str, protocol: str) -> dict[str, np.ndarray] | None:
+    path = items_path(folder, metric, protocol)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
 # -- in-training evaluation --------------------------------------------------------------------------------------------
 def evaluate_trainer(
     trainer: Any,
@@ -440,13 +482,15 @@ def evaluate_trainer(
     evaluators: dict[str, Any] | None = None,
     skip_unavailable: bool = True,
     checkpoint: dict[str, Any] | None = None,
+    keep_items: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate a ``GANTrainer``'s EMA generator now (every ``[eval] every_steps`` steps); append to eval.jsonl.
 
     The judges are ``evaluators`` or else the trainer's own text encoder and frozen networks (either way those are
     the networks the generator trained against, so a judge among them is flagged ``judge_is_trainer``). With
     ``skip_unavailable``, metrics that need a network the judges do not include are skipped. ``checkpoint`` is the
-    run record's checkpoint entry (default: in training, no file). Returns the rows (each with ``step``).
+    run record's checkpoint entry (default: in training, no file). With ``keep_items`` (and ``write``) each metric's
+    per-image record goes to the run's ``eval_items/`` folder. Returns the rows (each with ``step``).
     """
     recipe = trainer.recipe
     nets = trainer.nets
@@ -470,8 +514,10 @@ def evaluate_trainer(
         training_network_hashes=hashes,
         run_info={"checkpoint": checkpoint},
         skip_unavailable=skip_unavailable,
+        keep_items=keep_items and write,
     )
     rows = [{**row, "step": trainer.step} for row in result.rows]
     if write:
+        save_items(trainer.run.path, rows, result.items)
         append_rows(trainer.run.path / "eval.jsonl", rows)
     return rows

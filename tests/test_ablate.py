@@ -120,6 +120,17 @@ def test_tiny_ablation_with_a_user_refiner_writes_reports_and_skips_done_variant
         ("sentence_gate", "caption_consistency.v1", "1"),
     ]
     assert "| sentence_gate |" in (out / "results.md").read_text()
+    # Paired differences over the same 4 evaluated images, from the per-image records every run keeps.
+    assert (out / "refiner-dm" / "seed-0" / "eval_items").is_dir()
+    with (out / "results_paired.csv").open() as handle:
+        (pair,) = list(csv.DictReader(handle))
+    assert (pair["metric"], pair["a"], pair["b"], pair["images"], pair["seeds"]) == (
+        "caption_consistency.v1", "dm (base)", "sentence_gate", "4", "1",
+    )  # fmt: skip
+    assert float(pair["low"]) <= float(pair["difference"]) <= float(pair["high"])
+    assert pair["protocol"] == rows[0]["protocol_ids"]
+    assert "## Paired differences" in (out / "results.md").read_text()
+    assert "paired differences" in result.output and pair["verdict"] in result.output
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     stamp = (out / "refiner-dm" / "seed-0" / "checkpoints" / "last.pt").stat().st_mtime_ns
@@ -169,3 +180,35 @@ def test_preset_cli_errors():
     assert result.exit_code == 1 and "--preset names its variants" in result.output
     result = runner.invoke(app, ["ablate", "--preset", "thesis"])
     assert result.exit_code == 1 and "dmmgan-thesis" in result.output
+
+
+def test_paired_summary_pairs_variants_seed_by_seed_and_says_what_it_left_out(tmp_path):
+    import numpy as np
+
+    from t2i.ablate import Variant, VariantResult, paired_summary
+    from t2i.evaluate import save_items
+
+    base, swap, old = (
+        Variant((("refiner", "dm"),), is_base=True),
+        Variant((("refiner", "gldm"),)),
+        Variant((("refiner", "glam"),)),
+    )
+    rng = np.random.default_rng(0)
+    results = []
+    for seed in (0, 1):
+        shared = rng.random(40)  # the same captions and noise for every variant of this seed
+        for variant, shift in ((base, 0.0), (swap, 0.2)):
+            row = {"metric": "caption_consistency.v1", "protocol_id": "p1", "value": float((shared + shift).mean())}
+            items = {"caption_consistency.v1": {"scores": shared + shift + rng.normal(0, 0.01, 40),
+                                                "keys": np.array([f"k{i}" for i in range(40)])}}  # fmt: skip
+            save_items(tmp_path / variant.slug / f"seed-{seed}", [row], items)
+            results.append(VariantResult(variant, seed, [row], 1.0, skipped=False))
+        # a variant evaluated before the per-image records existed
+        results.append(VariantResult(old, seed, [{"metric": "caption_consistency.v1", "protocol_id": "p1",
+                                                  "value": 0.5}], 1.0, skipped=True))  # fmt: skip
+    rows, notes = paired_summary(tmp_path, [base, swap, old], results, level=0.9, bootstrap=200)
+    (row,) = rows
+    assert (row["a"], row["b"], row["seeds"], row["images"]) == ("dm (base)", "gldm", 2, [40, 40])
+    assert 0.18 < row["low"] < row["difference"] < row["high"] < 0.22  # narrow: pairing removes the shared part
+    assert row["verdict"] == "gldm better than dm (base)" and row["level"] == 0.9 and row["protocol"] == "p1"
+    assert any("glam seed 0" in note and "left out" in note for note in notes)

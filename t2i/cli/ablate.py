@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from t2i.cli._common import CodeOption, SetOption, UserError, check_output, console, import_code, user_errors
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
+from t2i.cli.evaluate import BootstrapOption, LevelOption, paired_table
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +41,8 @@ def ablate(
     n: int = typer.Option(None, "--n", min=1, help="Images per evaluation (default: the recipe's eval.n_samples)."),
     out: Path = typer.Option(None, "--out", "-o", help="Ablation folder (default: runs/ablate/<base>-<hash>/)."),
     runs: Path = typer.Option(Path("runs"), "--runs", help="Root of the default ablation folder."),
+    level: float = LevelOption,
+    bootstrap: int = BootstrapOption,
     code: list[Path] = CodeOption,
     device: str = DeviceOption,
     precision: str = PrecisionOption,
@@ -48,7 +51,8 @@ def ablate(
 ) -> None:
     """Train every variant of a component grid with the same budget and seeds; report mean ± std per variant.
 
-    Completed variants (done.json in their folder) are skipped when the command is re-run.
+    Completed variants (done.json in their folder) are skipped when the command is re-run. Every pair of variants
+    also gets B − A per metric with a paired bootstrap interval over the evaluated images, and a verdict.
 
     Examples: [bold]t2i ablate --refiner gldm[/]
     [bold]t2i ablate dmmgan_shapes --refiner dm --alignment damsm,stream,damsm+stream[/]
@@ -56,7 +60,7 @@ def ablate(
     """
     from rich.table import Table
 
-    from t2i.ablate import AblationSpec, run_ablation, summarise
+    from t2i.ablate import AblationSpec, paired_summary, run_ablation, summarise
     from t2i.ablate import preset as find_preset
 
     check_output(out if out is not None else runs, "--out" if out is not None else "--runs", folder=True)
@@ -77,6 +81,8 @@ def ablate(
         n=n,
         out=out,
         runs_root=runs,
+        level=level,
+        bootstrap=bootstrap,
     )
     folder, results = run_ablation(spec, log=lambda line: console.print(line, highlight=False, markup=False))
     grid = list(dict.fromkeys(r.variant for r in results))
@@ -93,4 +99,12 @@ def ablate(
             values.append("-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}")
         table.add_row(escape(variant.label), *values)
     console.print(table)
-    console.print(f"results: {folder / 'results.md'}, {folder / 'results.csv'}, {folder / 'results.png'}", markup=False)
+    paired, notes = paired_summary(folder, grid, results, level=level, bootstrap=bootstrap)
+    console.print(paired_table(paired, f"paired differences over the evaluated images, {seeds} seed(s)"))
+    for note in notes:
+        console.print(note, markup=False, highlight=False)
+    console.print(
+        f"results: {folder / 'results.md'}, {folder / 'results.csv'}, {folder / 'results_paired.csv'}, "
+        f"{folder / 'results.png'}",
+        markup=False,
+    )

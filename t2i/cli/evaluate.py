@@ -31,6 +31,29 @@ def _format(value: float | None) -> str:
     return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
 
 
+LevelOption = typer.Option(
+    0.95, "--level", min=0.5, max=0.999, help="Confidence level of the paired intervals (default 0.95)."
+)
+BootstrapOption = typer.Option(1000, "--bootstrap", min=1, help="Bootstrap resamples per paired interval.")
+
+
+def paired_table(rows, title: str):
+    """The paired differences (t2i.stats.pairwise rows) as a rich table."""
+    from rich.table import Table
+
+    from t2i import stats
+
+    table = Table(title=escape(title), caption=escape(stats.describe(rows)))
+    header = ["metric", "A", "B", "value A", "value B", "B − A", "interval", "verdict", "images × seeds", "protocol"]
+    for column in header:
+        table.add_column(escape(column), justify="right" if column.startswith(("value", "B −")) else "left")
+    for row in rows:
+        cells = stats.table_cells(row)
+        style = "bold" if row["verdict"] != stats.NO_DIFFERENCE else None
+        table.add_row(*map(escape, cells), style=style)
+    return table
+
+
 def _apply_sets(model, sets: list[str] | None) -> None:
     """``--set`` on the checkpoint's recipe ([eval] metric params, data root); the networks are unchanged."""
     if not sets:
@@ -236,7 +259,22 @@ def compare_command(
     checkpoints: list[Path] = typer.Argument(..., help="Run folders or GAN checkpoints to put side by side."),
     captions: Path = typer.Option(None, "--captions", help="Text file, one caption per line (default: test captions)."),
     seeds: str = typer.Option("0", "--seeds", help="Noise seeds, comma separated: one column per model and seed."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for grid.png, attention.png and metrics.md."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder for grid.png, attention.png, metrics.md (and results.md/csv with --n)."
+    ),
+    n: int = typer.Option(
+        None, "--n", min=2, help="Evaluate every model on the same N images per seed and compare them pair by pair."
+    ),
+    metric: list[str] = typer.Option(
+        None, "--metric", "-m", help="Metric for the paired comparison (repeatable); default: the first recipe's."
+    ),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Evaluation batch (default: eval.batch_size)."),
+    evaluator: Path = typer.Option(
+        None, "--evaluator", help="Checkpoint with the judge encoders for R-precision (default: the first model's)."
+    ),
+    weights_dir: Path = typer.Option(None, "--weights-dir", help="Backbone weights folder (default: $T2I_WEIGHTS)."),
+    level: float = LevelOption,
+    bootstrap: int = BootstrapOption,
     code: list[Path] = CodeOption,
     device: str = DeviceOption,
     precision: str = PrecisionOption,
@@ -245,7 +283,10 @@ def compare_command(
 ) -> None:
     """The same captions and noise through several models: image grid, attention maps, shared-protocol metrics.
 
-    Example: [bold]t2i compare runs/dmgan_shapes/<a> runs/dmmgan_shapes/<b> --seeds 0,1 -o compare/[/]
+    With --n, every model is also evaluated on the same N images per seed (captions and noise of that evaluation
+    seed) and every pair gets B − A with a paired bootstrap interval and a verdict (results.md, results.csv).
+
+    Example: [bold]t2i compare runs/dmgan_shapes/<a> runs/dmmgan_shapes/<b> --seeds 0,1 -o compare/ --n 1000[/]
     """
     from rich.table import Table
 
@@ -298,3 +339,43 @@ def compare_command(
     console.print(
         f"wrote {result.grid}" + (f", {result.attention}" if result.attention else "") + f" in {out}", markup=False
     )
+    if n is None:
+        if metric:
+            raise UserError("--metric chooses the metrics of the paired comparison: give --n IMAGES with it")
+        console.print("add --n IMAGES to measure every pair's difference with a paired interval", markup=False)
+        return
+    _paired(models, result.names, out, n, seed_list, metric, batch_size, evaluator, weights_dir, rt, level, bootstrap)
+
+
+def _paired(models, names, out, n, seeds, metric, batch_size, evaluator, weights_dir, rt, level, bootstrap) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from t2i import stats
+    from t2i.compare import paired_evaluation
+
+    total = n * len(seeds) * len(models)
+    with Progress(TextColumn("paired evaluation"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  console=err_console, transient=True) as bar:  # fmt: skip
+        task = bar.add_task("paired", total=total)
+        finished = [0, 0]  # images of evaluations already done, images of the current one
+
+        def advance(done: int) -> None:
+            if done <= finished[1]:  # a new evaluation started
+                finished[0] += finished[1]
+            finished[1] = done
+            bar.update(task, completed=finished[0] + done)
+
+        paired = paired_evaluation(
+            models, names, n=n, seeds=seeds, metrics=metric, batch_size=batch_size, evaluator=evaluator,
+            weights_dir=weights_dir, runtime=rt, level=level, bootstrap=bootstrap, on_batch=advance,
+        )  # fmt: skip
+    for name, reason in paired.skipped.items():
+        err_console.print(f"[yellow]skipped {escape(name)}:[/] {escape(str(reason))}", highlight=False, soft_wrap=True)
+    seeds_text = ", ".join(map(str, seeds))
+    title = f"paired differences: {n} images per model and seed, evaluation seed(s) {seeds_text}"
+    console.print(paired_table(paired.rows, title))
+    judge = f"; R-precision judged by {paired.judge}" if paired.judge else ""
+    heading = [f"# {' vs '.join(names)}", "", f"{title}{judge}.", ""]
+    (Path(out) / "results.md").write_text("\n".join(heading) + stats.markdown(paired.rows))
+    (Path(out) / "results.csv").write_text(stats.csv_text(paired.rows))
+    console.print(f"wrote {Path(out) / 'results.md'}, {Path(out) / 'results.csv'}", markup=False)

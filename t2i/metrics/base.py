@@ -75,6 +75,7 @@ class EvalContext:
     real_images: Callable[[], Iterable[Tensor]] | None = None  # yields (B, 3, H, W) in [-1, 1]
     run_info: dict[str, Any] = field(default_factory=dict)  # merged into every protocol (e.g. checkpoint sha256)
     training_network_hashes: dict[str, str] = field(default_factory=dict)  # what G was trained against
+    keep_items: bool = False  # keep what ``Metric.per_item`` needs even where it costs memory (FID features)
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir).expanduser()
@@ -117,6 +118,16 @@ class Metric:
 
     def compute(self) -> MetricResult:
         raise NotImplementedError
+
+    def per_item(self) -> dict[str, Any] | None:
+        """What the value is made of, one entry per generated image in ``update`` order (for paired statistics).
+
+        ``{"scores": (N,)}`` when the value is the mean of per-image scores, ``{"probs": (N, C), "splits": k}``
+        for the Inception Score, ``{"features": (N, D), "reference_mu": (D,), "reference_sigma": (D, D)}`` for
+        FID (which keeps its features only with ``context.keep_items``). Called after ``compute``; None when the
+        metric cannot be split by image. ``t2i.stats`` recomputes the value from resampled images with it.
+        """
+        return None
 
     def base_protocol(self, **extra: Any) -> dict[str, Any]:
         """Fields every protocol record shares, then the metric's own."""

@@ -319,6 +319,9 @@ class CaptionConsistency(Metric):
             details=self.tally.details(),
         )
 
+    def per_item(self) -> dict[str, Any]:
+        return {"scores": np.asarray(self.tally.scores, dtype=np.float64)}
+
 
 def reference_scores(
     dataset: Any, params: CaptionConsistencyParams | None = None, *, n: int | None = None, seed: int = 0

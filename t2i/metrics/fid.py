@@ -108,6 +108,8 @@ class FID(Metric):
         self.backbone = self.build_backbone().to(context.device)
         self.fake = FeatureStats()
         self._pending: list[Tensor] = []  # features waiting for a full drop_last batch
+        self._items: list[Tensor] = []  # per-image features, kept only with context.keep_items
+        self._reference: tuple[np.ndarray, np.ndarray] | None = None
 
     def build_backbone(self) -> InceptionBackbone:
         return fid_inception(self.context.weights_dir, allow_random=self.params.allow_random_backbone)
@@ -132,13 +134,18 @@ class FID(Metric):
         # float32 x/127.5 - 1 can land a hair below the step and truncation would take one away.
         feats = self.features(fake, real=bool(batch_info and batch_info.get("uint8")))
         if self.drop_last is None:
-            self.fake.add(feats)
+            self._add(feats)
             return
         self._pending.append(feats)
         pending = torch.cat(self._pending)
         full = (pending.shape[0] // self.drop_last) * self.drop_last
-        self.fake.add(pending[:full])
+        self._add(pending[:full])
         self._pending = [pending[full:]]
+
+    def _add(self, feats: Tensor) -> None:
+        self.fake.add(feats)
+        if self.context.keep_items:
+            self._items.append(feats.float())  # float32 halves the memory; the statistics stay float64
 
     # -- real statistics ----------------------------------------------------------------------------------------------
     def reference(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -184,6 +191,7 @@ class FID(Metric):
     def compute(self) -> MetricResult:
         mu_g, sigma_g = self.fake.mean_cov()
         mu_r, sigma_r, reference = self.reference()
+        self._reference = (mu_r, sigma_r)
         value = frechet_distance(mu_g, sigma_g, mu_r, sigma_r)
         dropped = sum(p.shape[0] for p in self._pending)
         protocol = self.base_protocol(
@@ -197,6 +205,16 @@ class FID(Metric):
             reference=reference,
         )
         return MetricResult(value=value, std=None, n=self.fake.n, protocol=protocol)
+
+    def per_item(self) -> dict[str, Any] | None:
+        if not self.context.keep_items:
+            return None
+        if self._reference is None:
+            self._reference = self.reference()[:2]
+        features = torch.cat(self._items).numpy() if self._items else np.zeros((0, 0))
+        mu_r, sigma_r = self._reference
+        # The images dropped by drop_last are not part of the value, so they are not items either.
+        return {"features": features, "reference_mu": np.asarray(mu_r), "reference_sigma": np.asarray(sigma_r)}
 
 
 class FIDDMGAN2018(FID):

@@ -102,5 +102,11 @@ class InceptionScore(Metric):
         )
         return MetricResult(value=mean, std=std, n=len(probs), protocol=protocol)
 
+    def per_item(self) -> dict[str, Any]:
+        probs = torch.cat(self.probs).double().numpy() if self.probs else np.zeros((0, 1))
+        # Generation order; compute's seeded shuffle is named so that the value can be recomputed exactly.
+        shuffle = self.context.seed if self.params.shuffle else -1
+        return {"probs": probs, "splits": self.params.splits, "shuffle_seed": shuffle}
+
 
 register("metric", "is.v1", InceptionScore, params=InceptionScoreParams, description="Inception Score, 10 splits")
