@@ -312,4 +312,4 @@ def test_version_prints_the_package_version():
     import t2i
 
     result = invoke("--version")
-    assert result.exit_code == 0 and result.output.strip() == t2i.__version__
+    assert result.exit_code == 0 and result.output.strip() == f"t2i {t2i.__version__}"
