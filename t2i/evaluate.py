@@ -301,6 +301,7 @@ def evaluate(
         run_info=dict(run_info or {}),
         training_network_hashes=dict(training_network_hashes or {}),
         keep_items=keep_items,
+        generate=_generate_fn(generator, text_encoder, dataset.vocab, device, precision, text_features),
         **context_kwargs,
     )
     registry = get_registry("metric")
@@ -348,6 +349,8 @@ def evaluate(
                     "keys": list(batch.keys),
                     "sentence_embeddings": text.sentence.float(),
                     "indices": torch.tensor([index_of[k] for k in batch.keys], dtype=torch.long),
+                    "z": z,
+                    "eps": eps,
                 }
                 for _name, metric in built:
                     metric.update(fake, info)
@@ -384,6 +387,30 @@ def evaluate(
             }
         )
     return Evaluation(rows=rows, images=done, seconds=seconds, skipped=skipped, items=items)
+
+
+def _generate_fn(
+    generator: nn.Module, text_encoder: nn.Module, vocab: Any, device: torch.device, precision: Any, encode: Callable
+) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
+    """``EvalContext.generate``: captions (any order) + their noise -> the generator's last-stage images, fp32."""
+    from contextlib import nullcontext
+
+    from t2i.batch import Batch
+
+    mask_ids = torch.tensor(sorted(vocab.mask_ids), dtype=torch.long, device=device)
+    autocast = precision.autocast if precision is not None else nullcontext
+
+    def generate(captions: Tensor, lengths: Tensor, z: Tensor, eps: Tensor) -> Tensor:
+        order = torch.argsort(-lengths.cpu(), stable=True)  # the text encoder packs by length, longest first
+        batch = Batch(images=[], captions=captions.cpu()[order], lengths=lengths.cpu()[order],
+                      class_ids=torch.zeros(len(order), dtype=torch.long)).to(device)  # fmt: skip
+        z, eps, order = z.to(device), eps.to(device), order.to(device)
+        with torch.inference_mode(), autocast():
+            text = encode(text_encoder, batch, mask_ids)
+            out = generator(z[order], text.sentence, text.words, text.mask, eps=eps[order])
+        return out.images[-1].float()[order.argsort()]
+
+    return generate
 
 
 def _head(batch: Any, count: int) -> Any:

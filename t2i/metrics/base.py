@@ -23,6 +23,7 @@ from torch import Tensor, nn
 __all__ = [
     "BATCH_INFO_KEYS",
     "EvalContext",
+    "GenerateFn",
     "Metric",
     "MetricError",
     "MetricResult",
@@ -40,8 +41,16 @@ BATCH_INFO_KEYS = (
     "keys",  # list[str] image keys of the data set items
     "sentence_embeddings",  # (B, e) sentence embeddings the generator was conditioned on
     "indices",  # (B,) int64 data set indices of the items
+    "z",  # (B, z_dim) the noise each image was generated with
+    "eps",  # (B, cond_dim) the conditioning augmentation noise each image was generated with
 )
 # A folder of images made elsewhere passes only {"uint8": True}: the values are exact uint8 steps.
+
+# ``EvalContext.generate(captions, lengths, z, eps) -> images``: the evaluated generator behind its text encoder, for
+# metrics that generate images themselves (controllability: edited captions with the same noise). captions (B, L)
+# int64 padded token ids and lengths (B,) in any order; z (B, z_dim) and eps (B, cond_dim); returns (B, 3, S, S)
+# fp32 in [-1, 1], in the order given. Set only while a generator is being evaluated (``t2i.evaluate.evaluate``).
+GenerateFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 class MetricError(ValueError):
@@ -76,6 +85,7 @@ class EvalContext:
     run_info: dict[str, Any] = field(default_factory=dict)  # merged into every protocol (e.g. checkpoint sha256)
     training_network_hashes: dict[str, str] = field(default_factory=dict)  # what G was trained against
     keep_items: bool = False  # keep what ``Metric.per_item`` needs even where it costs memory (FID features)
+    generate: GenerateFn | None = None  # None for images made elsewhere (a folder): nothing can be regenerated
 
     def __post_init__(self) -> None:
         self.weights_dir = Path(self.weights_dir).expanduser()

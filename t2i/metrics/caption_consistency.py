@@ -113,6 +113,12 @@ def parse_caption(words: Sequence[str], colours: Sequence[str]) -> Requirements:
     return req
 
 
+def grid_cell(centre: tuple[float, float]) -> tuple[str, str]:
+    """(row, column) of the thirds grid that a centre (x, y in [0, 1], y down) falls in."""
+    rows, cols = ("top", "middle", "bottom"), ("left", "center", "right")
+    return rows[min(2, int(3 * centre[1]))], cols[min(2, int(3 * centre[0]))]
+
+
 def _relation(a: tuple[float, float], b: tuple[float, float]) -> str:
     """Where centroid a lies relative to b (x, y; y down), dominant axis - as shapes.py ``_relation``."""
     dx, dy = a[0] - b[0], a[1] - b[1]
@@ -209,9 +215,7 @@ class Judge:
         if req.position is not None:
             a = found[0]
             if a is not None:
-                rows, cols = ("top", "middle", "bottom"), ("left", "center", "right")
-                where = (rows[min(2, int(3 * a["centre"][1]))], cols[min(2, int(3 * a["centre"][0]))])
-                checks["position"][0] += where == req.position
+                checks["position"][0] += grid_cell(a["centre"]) == req.position
             checks["position"][1] += 1
         return {k: (int(v[0]), int(v[1])) for k, v in checks.items()}
 
