@@ -136,6 +136,9 @@ def test_a_generator_that_draws_the_caption_changes_exactly_the_edited_attribute
     per_item = metric.per_item()
     assert per_item["correct"].shape == per_item["unwanted"].shape == (result.n,)
     assert per_item["correct"].mean() == result.value
+    from t2i.stats import statistic
+
+    assert statistic(per_item)(None) == result.value  # what paired comparisons resample
     assert sorted(set(per_item["index"].tolist())) == list(range(len(shapes)))
 
 

@@ -338,10 +338,13 @@ class Controllability(Metric):
             self.item_unwanted.append(float(np.mean([u for _, u in results])))
 
     def per_item(self) -> dict[str, np.ndarray]:
-        """Per generated item: data set index, correct-change rate and unwanted-change rate over its edits."""
+        """Per generated item with an edit: data set index, correct-change rate and unwanted-change rate over its
+        edits; ``scores`` (= ``correct``, whose mean is the value) is what paired comparisons resample."""
+        correct = np.asarray(self.item_correct, dtype=np.float64)
         return {
+            "scores": correct,
             "index": np.asarray(self.item_index, dtype=np.int64),
-            "correct": np.asarray(self.item_correct, dtype=np.float64),
+            "correct": correct,
             "unwanted": np.asarray(self.item_unwanted, dtype=np.float64),
         }
 
