@@ -1,8 +1,8 @@
-"""The memory- and FLOP-saving paths compute the plain composition's values and gradients (issue 8).
+"""The models built on t2i.ops compute what their plain layers compute, values and gradients (float64).
 
-Each fast path is compared in float64 with the composition it replaces: BatchNorm + GLU that keeps only the BN
-input for backward, the residual block that folds DM-GAN's doubled input, and the frozen Inception blocks that fold
-their BatchNorm into the conv. Plus: each one really keeps fewer bytes for backward.
+The kernels themselves are checked in tests/test_ops.py; here: the upBlock and residual block (DM-GAN's duplicated
+input given as channel parts), the generator with its GLU outputs recomputed, inference with BatchNorm folded, and
+the frozen Inception blocks that fold their BatchNorm into the conv. Plus: each really keeps fewer bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2i.models.blocks import ResBlock, bn_glu, up_block
+from t2i.models.blocks import ResBlock, up_block
 from t2i.registry import get_registry
 
 
@@ -44,36 +44,6 @@ def grads(module: nn.Module, *inputs: torch.Tensor) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters()] + [x.grad.clone() for x in inputs]
 
 
-def test_bn_glu_matches_batchnorm_then_glu():
-    torch.manual_seed(0)
-    bn = nn.BatchNorm2d(6)
-    nn.init.normal_(bn.weight, 1.0, 0.3), nn.init.normal_(bn.bias, 0.0, 0.3)
-    plain = copy.deepcopy(bn)
-    x = torch.randn(4, 6, 5, 5, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_(True)
-    target = torch.randn(4, 3, 5, 5)
-
-    kept_fast, out = saved_bytes(lambda: bn_glu(x, bn))
-    kept_plain, ref = saved_bytes(lambda: F.glu(plain(x2), dim=1))
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    (out * target).sum().backward()
-    (ref * target).sum().backward()
-    for a, b in zip(grads(bn, x), grads(plain, x2), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(bn, name), getattr(plain, name), rtol=0, atol=0)
-    assert kept_fast <= kept_plain - x.numel() * 8  # bn(x) is not kept
-
-
-def test_bn_glu_in_eval_and_without_grad_is_the_plain_composition():
-    bn = nn.BatchNorm2d(4).eval()
-    x = torch.randn(2, 4, 3, 3)
-    torch.testing.assert_close(bn_glu(x, bn), F.glu(bn(x), dim=1), rtol=0, atol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(bn_glu(x, bn.train()), F.glu(F.batch_norm(x, None, None, bn.weight, bn.bias, True),
-                                                               dim=1), rtol=1e-12, atol=1e-12)  # fmt: skip
-
-
 def test_up_block_keeps_the_original_keys():
     assert list(up_block(8, 4).state_dict()) == [
         "1.weight", "2.weight", "2.bias", "2.running_mean", "2.running_var", "2.num_batches_tracked",
@@ -87,7 +57,7 @@ def test_res_block_folds_the_doubled_input():
     r = torch.randn(3, 4, 24, 24, requires_grad=True)
     r2 = r.detach().clone().requires_grad_(True)
     target = torch.randn(3, 8, 24, 24)
-    kept_fast, out = saved_bytes(lambda: block.forward_doubled(r))
+    kept_fast, out = saved_bytes(lambda: block((r, r)))  # [r; r] as channel parts
     kept_plain, ref = saved_bytes(lambda: plain(torch.cat((r2, r2), dim=1)))
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     (out * target).sum().backward()
@@ -97,19 +67,20 @@ def test_res_block_folds_the_doubled_input():
     assert kept_fast < kept_plain
 
 
-class OnlyForward(nn.Module):
-    """A refiner seen through its contract only (no ``forward_half``)."""
+class JoinedOutput(nn.Module):
+    """The refiner, its residual input given as one (B, 2g, H, W) tensor instead of channel parts."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
 
     def forward(self, *args):
-        return self.inner(*args)
+        parts, attention = self.inner(*args)
+        return torch.cat(parts, dim=1), attention
 
 
 @pytest.mark.parametrize("refiner", ["dm", "gldm"])
-def test_generator_with_and_without_the_folded_doubling(refiner):
+def test_generator_with_and_without_the_duplicated_parts(refiner):
     from t2i.build import build_generator
     from t2i.models.generator import init_weights
     from t2i.recipe import load
@@ -120,7 +91,7 @@ def test_generator_with_and_without_the_folded_doubling(refiner):
     g = init_weights(build_generator(recipe)).train()
     plain = copy.deepcopy(g)
     for stage in plain.stages:
-        stage.refiner = OnlyForward(stage.refiner)  # the stage falls back to forward(): the doubled tensor
+        stage.refiner = JoinedOutput(stage.refiner)  # the doubled tensor, convolved as it is
     B, T = 3, 5
     z, sentence = torch.randn(B, recipe.model.z_dim), torch.randn(B, 8)
     words, eps = torch.randn(B, 8, T), torch.randn(B, recipe.model.cond_dim)
@@ -171,52 +142,6 @@ def test_frozen_inception_folds_its_batchnorm():
     assert list(encoder.state_dict()) == list(plain.state_dict())  # original key names: original files still load
 
 
-def test_upsample_conv_in_batch_chunks_equals_one_pass(monkeypatch):
-    from t2i.models import blocks
-
-    torch.manual_seed(4)
-    x = torch.randn(5, 3, 6, 7, requires_grad=True)
-    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
-    target = torch.randn(5, 4, 12, 14)
-
-    def run():
-        out = blocks.up2_conv3x3(x, weight)
-        (out * target).sum().backward()
-        result = out.detach(), x.grad.clone(), weight.grad.clone()
-        x.grad = weight.grad = None
-        return result
-
-    whole = run()
-    monkeypatch.setattr(blocks, "_CHUNK_BYTES", 2 * 4 * 4 * 7 * 8 * 8)  # two samples' phase maps: chunks 2, 2, 1
-    assert blocks._chunks(5, 4 * 4 * 7 * 8 * 8) == [(0, 2), (2, 4), (4, 5)]
-    chunked = run()
-    for a, b in zip(whole, chunked, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    reference = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)
-    torch.testing.assert_close(chunked[0], reference, rtol=1e-10, atol=1e-12)
-
-
-def test_bn_glu_backward_in_channel_groups_equals_one_group(monkeypatch):
-    from t2i.models import blocks
-
-    torch.manual_seed(5)
-    x = torch.randn(3, 10, 4, 5, requires_grad=True)
-    bn = nn.BatchNorm2d(10)
-    nn.init.normal_(bn.weight, 1.0, 0.3), nn.init.normal_(bn.bias, 0.0, 0.3)
-    target = torch.randn(3, 5, 4, 5)
-
-    def run():
-        (bn_glu(x, bn) * target).sum().backward()
-        result = x.grad.clone(), bn.weight.grad.clone(), bn.bias.grad.clone()
-        x.grad = bn.weight.grad = bn.bias.grad = None
-        return result
-
-    whole = run()
-    monkeypatch.setattr(blocks, "_CHUNK_BYTES", 2 * 2 * 3 * 4 * 5 * 8)  # two channel pairs at a time: 2, 2, 1
-    for a, b in zip(whole, run(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
 def test_generator_recomputes_glu_outputs_instead_of_keeping_them():
     from t2i.build import build_generator
     from t2i.models.generator import init_weights
@@ -242,17 +167,6 @@ def test_generator_recomputes_glu_outputs_instead_of_keeping_them():
     assert kept_fast <= kept_plain - B * 4 * 16 * 16 * 8
 
 
-def test_conv1x1_of_concat_equals_the_conv_of_the_concatenation():
-    from t2i.models.blocks import conv1x1_of_concat
-
-    torch.manual_seed(7)
-    conv = nn.Conv2d(7, 3, kernel_size=1, bias=True)
-    parts = (torch.randn(2, 3, 4, 4), torch.randn(2, 4, 4, 4))
-    torch.testing.assert_close(conv1x1_of_concat(parts, conv), conv(torch.cat(parts, 1)), rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="parts have 3 channels"):
-        conv1x1_of_concat(parts[:1], conv)
-
-
 def test_inference_folds_batchnorm_into_the_generator_convs():
     torch.manual_seed(8)
     blocks_ = [up_block(4, 3), ResBlock(6)]
@@ -271,13 +185,30 @@ def test_inference_folds_batchnorm_into_the_generator_convs():
     with torch.no_grad():
         torch.testing.assert_close(up(x), plain_up, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(res(torch.cat((r, r), 1)), plain_res(torch.cat((r, r), 1)), rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(res.forward_doubled(r), plain_res(torch.cat((r, r), 1)), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(res((r, r)), plain_res(torch.cat((r, r), 1)), rtol=1e-10, atol=1e-12)
         with torch.no_grad():  # a changed statistic (an EMA update, a load) is seen at once
             up[2].running_mean.add_(1.0)
         plain_up = F.glu(up[2](F.conv2d(F.interpolate(x, scale_factor=2.0), up[1].weight, padding=1)), dim=1)
         torch.testing.assert_close(up(x), plain_up, rtol=1e-10, atol=1e-12)
-    from t2i.models.blocks import inference_folded
+    from t2i.ops import fold_batchnorm
 
-    assert inference_folded(up[1], up[2]) is None  # autograd on: the plain modules run
+    assert fold_batchnorm(up[1], up[2]) is None  # autograd on: the plain modules run
     with torch.no_grad():
-        assert inference_folded(up[1], up[2].train()) is None  # batch statistics: nothing to fold
+        assert fold_batchnorm(up[1], up[2].train()) is None  # batch statistics: nothing to fold
+
+
+def test_frozen_inception_used_in_inference_mode_then_in_a_generator_step():
+    """An evaluation under torch.inference_mode() (R-precision, a sample grid) before a generator step."""
+    get_registry("image_encoder").discover()
+    from t2i.encoders.damsm_image import DamsmInceptionEncoder, DamsmInceptionParams
+
+    torch.manual_seed(10)
+    encoder = DamsmInceptionEncoder(DamsmInceptionParams(weights="random"), text_dim=8).eval()
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.inference_mode():
+        before = encoder(images)
+    images.requires_grad_(True)
+    regions, code = encoder(images)  # the folded kernels cached under inference mode are saved for backward
+    (regions.sum() + code.sum()).backward()
+    assert images.grad is not None and bool(images.grad.abs().sum() > 0)
+    torch.testing.assert_close(regions.detach(), before[0], rtol=0, atol=0)

@@ -171,9 +171,6 @@ def _build_stage(fx: dict[str, Any], mask: str | None = None) -> RefinementStage
 # Where a fixture intermediate (an original sub-module's output) comes from in t2i, when not from the sub-module of
 # the same name: another sub-module, or a refiner method (``"method:..."``) computing the same thing.
 INTERMEDIATE_SOURCES = {
-    # the response gate's conv is applied as one conv over the concatenation (conv1x1_of_concat), so the
-    # Sequential itself is never called; its activation (sigmoid / softmax) outputs the gate
-    "response_gate": "response_gate.1",
     "memory_operation": "method:read",  # DM-GAN's memory_operation: key addressing + value reading
     "memory_operation_c": "method:read_global",  # DMM-GAN's global memory reading
 }

@@ -1,4 +1,4 @@
-"""DAMSM image encoders (AttnGAN, Xu et al. 2018, §3.3; models.md §4, §12 Q9/Q11).
+"""DAMSM image encoders (Xu et al., "AttnGAN", CVPR 2018: the image encoder of the DAMSM).
 
 ``damsm_inception.v1`` is the originals' CNN_ENCODER: torchvision's Inception-v3 trunk, frozen,
 cut where the original cuts it —
@@ -9,7 +9,7 @@ cut where the original cuts it —
         -> emb_cnn_code = Linear(2048 -> e)                      -> global code (B, e)
 
 The [-1, 1] image goes in without ImageNet re-normalisation (the Google weights expect [-1, 1]).
-``align_corners`` of the resize is a parameter (Q9: True in DM-GAN/DMM-GAN, False in modern
+``align_corners`` of the resize is a parameter (True in DM-GAN/DMM-GAN, False in the modern
 PyTorch reading of AttnGAN/MirrorGAN). Layer names equal the original's, so an original
 ``image_encoder*.pth`` loads unchanged.
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from t2i.models.frozen_ops import frozen_conv_relu, frozen_pool_conv1x1_relu
+from t2i.ops import fold_batchnorm, frozen_conv_relu, frozen_pool_conv1x1_relu
 from t2i.registry import Params, register
 
 __all__ = ["DamsmInceptionEncoder", "DamsmInceptionParams", "SmallCnnEncoder", "SmallCnnParams"]
@@ -61,50 +61,35 @@ class DamsmInceptionParams(Params):
         f"local file ({INCEPTION_FILE} or the older inception_v3_google-1a9a5a14.pth), or 'random' (tests); "
         "unset is an error.",
     )
-    align_corners: bool = Field(True, description="align_corners of the bilinear resize to 299 (Q9; recipes pick).")
+    align_corners: bool = Field(True, description="align_corners of the bilinear resize to 299 (recipes pick).")
 
 
 @functools.cache
 def _folding_basic_conv():
-    """torchvision's ``BasicConv2d`` (conv -> BN(ε 1e-3) -> ReLU; same parameters and keys) that folds its BN into
-    the conv in eval mode: one conv with bias, then an in-place ReLU. The same function to float rounding, with one
-    pass over the activations less; for backward it keeps only the ReLU's bool mask (``frozen_conv_relu``): the
-    frozen encoder runs on every generator step, and backward runs through it to the image (issue 8)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
+    """torchvision's ``BasicConv2d`` (conv → BN(ε 1e-3) → ReLU; same parameters and keys) that, frozen in eval mode,
+    runs as one conv with its BatchNorm folded in (:func:`~t2i.ops.fold_batchnorm`) and keeps only the ReLU's 1-byte
+    mask for backward (:func:`~t2i.ops.frozen_conv_relu`): the frozen encoder scores the fake images on every
+    generator step, and backward runs through it to the pixels."""
     from torchvision.models.inception import BasicConv2d
 
     class FoldingBasicConv2d(BasicConv2d):
-        def foldable(self) -> bool:
-            """Frozen and in eval mode: the BatchNorm is a fixed affine map."""
-            return not self.bn.training and not any(p.requires_grad for p in self.parameters())
-
         def forward(self, x: Tensor) -> Tensor:
-            if not self.foldable():
+            folded = fold_batchnorm(self.conv, self.bn)
+            if folded is None:
                 return super().forward(x)
-            weight, bias = self.folded()
             c = self.conv
-            return frozen_conv_relu(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
-
-        def folded(self) -> tuple[Tensor, Tensor]:
-            """W·s and β − μ·s with s = γ / √(σ² + ε), cached until a weight or statistic changes (e.g. a load)."""
-            conv, bn = self.conv, self.bn
-            tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-            key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-            if getattr(self, "_fold_key", None) != key:
-                with torch.no_grad():
-                    self._folded = fuse_conv_bn_weights(conv.weight, None, *tensors[3:], bn.eps, *tensors[1:3])
-                self._fold_key = key
-            return self._folded
+            return frozen_conv_relu(x, *folded, c.stride, c.padding, c.dilation, c.groups)
 
     return FoldingBasicConv2d
 
 
 def _pool_branch(block: nn.Module, x: Tensor) -> Tensor:
-    """``block.branch_pool(avg_pool3x3(x))``; folded and frozen, the pool runs after the 1x1 conv (they commute)."""
-    conv = block.branch_pool
-    if not conv.foldable():
-        return conv(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
-    return frozen_pool_conv1x1_relu(x, *conv.folded())
+    """``block.branch_pool(avg_pool3x3(x))``; folded, the pool runs after the 1x1 conv (they commute)."""
+    branch = block.branch_pool
+    folded = fold_batchnorm(branch.conv, branch.bn)
+    if folded is None:
+        return branch(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1))
+    return frozen_pool_conv1x1_relu(x, *folded)
 
 
 @functools.cache

@@ -1,14 +1,14 @@
-"""``stacked.v1``: the multi-stage generator of AttnGAN/MirrorGAN/DM-GAN/DMM-GAN (models.md §6, §9).
+"""``stacked.v1``: the multi-stage generator of AttnGAN, MirrorGAN, DM-GAN and DMM-GAN.
 
-G(z, s, words, mask) = conditioning augmentation (§6.1) → first stage (§6.2) → for every further
-stage: refiner (from the recipe) → R × ResBlock(2g) → upBlock(2g → g) (§6.3), with an image head
-(conv3x3 → tanh) after every stage. Stage i works at ``base_size · 2**i``. The generator knows
-refiners only through their contract ``refiner(h, words, mask, c_code) -> (B×2g×H×W, B×T×H×W)``; a refiner
-whose output is always ``[r; r]`` may also offer ``forward_half(...) -> (r, map)``, which the stage then uses to
-skip the doubled tensor and half of the first residual conv (same function, issue 8).
+G(z, s, words, mask) = conditioning augmentation → first stage → for every further stage: refiner (from the
+recipe) → R × ResBlock(2g) → upBlock(2g → g), with an image head (conv3x3 → tanh) after every stage (the
+stacked generator of AttnGAN, Xu et al. CVPR 2018, fig. 2). Stage i works at ``base_size · 2**i``. The generator
+knows refiners only through their contract ``refiner(h, words, mask, c_code) -> (residual input, attention)``; the
+residual input is a (B, 2g, H, W) tensor or its channel parts (DM-GAN's duplicated ``(r, r)``), which the first
+residual block consumes part by part.
 
-``init_weights`` is the originals' ``weights_init`` (§9); the training loop calls it, not
-``__init__``, so that loading a checkpoint or fixture starts from the module as constructed.
+``init_weights`` is the originals' ``weights_init``; the training loop calls it, not ``__init__``, so that loading a
+checkpoint or fixture starts from the module as constructed.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from t2i.models.blocks import GLU, RecomputeGLUOutputs, ResBlock, image_head, up_block
+from t2i.models.blocks import GLU, ResBlock, image_head, up_block
+from t2i.ops import RecomputeGLUOutputs, concat
 from t2i.registry import Params, register
 
 
 class ConditioningAugmentation(nn.Module):
-    """CA_NET (§6.1): μ, logvar from GLU(fc(s)); c = μ + ε ⊙ exp(logvar / 2), ε sampled in eval too."""
+    """CA_NET: μ, logvar from GLU(fc(s)); c = μ + ε ⊙ exp(logvar / 2), ε sampled in eval too."""
 
     def __init__(self, text_dim: int, cond_dim: int):
         super().__init__()
@@ -35,7 +36,7 @@ class ConditioningAugmentation(nn.Module):
         self.glu = GLU()
 
     def forward(self, sentence: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        x = self.glu(self.fc(sentence))  # (B, 2c); gates applied before the split (Q13)
+        x = self.glu(self.fc(sentence))  # (B, 2c); gates applied before the split, as the originals do
         mu, logvar = x[:, : self.cond_dim], x[:, self.cond_dim :]
         std = torch.exp(0.5 * logvar)
         if eps is None:
@@ -44,7 +45,7 @@ class ConditioningAugmentation(nn.Module):
 
 
 class InitStage(nn.Module):
-    """INIT_STAGE_G (§6.2): [c ; z] → Linear → BN1d → GLU → 4×4 map → upBlocks to base_size."""
+    """INIT_STAGE_G: [c ; z] → Linear → BN1d → GLU → 4×4 map → upBlocks to base_size."""
 
     def __init__(self, in_dim: int, gf_dim: int, base_size: int):
         super().__init__()
@@ -69,7 +70,7 @@ class InitStage(nn.Module):
 
 
 class RefinementStage(nn.Module):
-    """NEXT_STAGE_G (§6.3): refiner → R × ResBlock(2g) → upBlock(2g → g), doubling the resolution."""
+    """NEXT_STAGE_G: refiner → R × ResBlock(2g) → upBlock(2g → g), doubling the resolution."""
 
     def __init__(self, refiner: nn.Module, gf_dim: int, res_blocks: int):
         super().__init__()
@@ -78,14 +79,8 @@ class RefinementStage(nn.Module):
         self.upsample = up_block(gf_dim * 2, gf_dim)
 
     def forward(self, h: Tensor, words: Tensor, mask: Tensor | None, c_code: Tensor) -> tuple[Tensor, Tensor]:
-        forward_half = getattr(self.refiner, "forward_half", None)
-        if forward_half is not None and len(self.residual):
-            # The refiner's output is [r; r] (DM-GAN, Q2): the first residual block takes r and folds the doubling.
-            r, attention = forward_half(h, words, mask, c_code)  # (B, g, H, W), (B, T, H, W)
-            x = self.residual[1:](self.residual[0].forward_doubled(r))
-        else:
-            joined, attention = self.refiner(h, words, mask, c_code)  # (B, 2g, H, W), (B, T, H, W)
-            x = self.residual(joined)
+        joined, attention = self.refiner(h, words, mask, c_code)  # (B, 2g, H, W) or its parts, (B, T, H, W)
+        x = self.residual(joined) if len(self.residual) else concat(joined)
         return self.upsample(x), attention
 
 
@@ -133,7 +128,7 @@ class StackedGenerator(nn.Module):
         self, z: Tensor, sentence: Tensor, words: Tensor, mask: Tensor | None, eps: Tensor | None = None
     ) -> GeneratorOutput:
         if self.training and torch.is_grad_enabled():
-            with RecomputeGLUOutputs():  # convs after a BN+GLU keep no copy of its output (issue 8)
+            with RecomputeGLUOutputs():  # convs after a BN+GLU keep no copy of its output
                 return self._forward(z, sentence, words, mask, eps)
         return self._forward(z, sentence, words, mask, eps)
 
@@ -162,7 +157,7 @@ register(
 
 @torch.no_grad()
 def init_weights(module: nn.Module) -> nn.Module:
-    """The originals' ``weights_init`` (§9): orthogonal conv/linear weights (gain 1), BN weight N(1, 0.02).
+    """The originals' ``weights_init``: orthogonal conv/linear weights (gain 1), BN weight N(1, 0.02).
 
     Conv biases keep PyTorch's defaults; Linear biases and BN biases are zeroed. Spectral-norm convs
     are initialised through their trainable ``weight_bar``. Apply with ``init_weights(model)``.

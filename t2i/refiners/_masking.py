@@ -1,4 +1,4 @@
-"""Masked softmax over words shared by the word-attention refiners (models.md §12 Q1).
+"""Masked softmax over words shared by the word-attention refiners (docs/models.md, quirks: mask rows).
 
 ``scores`` are laid out ``(B, N, T)``: N query pixels, T words. Two ways to mask:
 

@@ -1,4 +1,4 @@
-"""``attention.v1``: AttnGAN word attention refiner (models.md §6.3(a); AttnGAN paper, Xu et al. 2018, eq. 2).
+"""``attention.v1``: AttnGAN's word attention refiner (Xu et al., "AttnGAN", CVPR 2018, eq. 2).
 
 For every pixel j with feature h_j and words projected to the image space u_t = W_c e_t
 (``conv_context``, 1x1, no bias)::
@@ -7,7 +7,7 @@ For every pixel j with feature h_j and words projected to the image space u_t = 
     c_j = Σ_t β_{j,t} u_t                                    (word-context vector, eq. 2)
 
 The residual input of the stage is the join ``[h ; c]`` (2g channels). The CA code is ignored.
-``mask="legacy"`` reproduces the originals' mask-row bug (§12 Q1), ``"per_sample"`` fixes it.
+``mask="legacy"`` reproduces the originals' mask-row bug, ``"per_sample"`` fixes it (docs/models.md, quirks).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from t2i.refiners._masking import MaskMode, masked_word_softmax
 from t2i.registry import Params, register
 
 MASK_DESCRIPTION = (
-    "'legacy' reproduces the originals' padding-mask row bug (models.md §12 Q1; published recipes); "
+    "'legacy' reproduces the originals' padding-mask row bug (docs/models.md, quirks; published recipes); "
     "'per_sample' masks each sample's own padding"
 )
 

@@ -1,10 +1,10 @@
-"""``glam.v1``: MirrorGAN global-local attention refiner (models.md §6.3(b); MirrorGAN, Qiao et al. 2019, GLAM).
+"""``glam.v1``: MirrorGAN's global-local attention refiner (Qiao et al., "MirrorGAN", CVPR 2019, GLAM).
 
 Local (word) attention exactly as AttnGAN (``attention.v1``), giving the word context c.
 Global (sentence) attention on the CA code c_ca::
 
     s' = Linear(c → g)(c_ca)                           broadcast over pixels
-    a  = softmax over CHANNELS of conv1x1(h ⊙ s')     (the original's implicit-dim softmax, §12 Q7)
+    a  = softmax over CHANNELS of conv1x1(h ⊙ s')     (the original's softmax without dim picks dim 1)
     ŝ  = s' ⊙ a
 
 Residual input: ``conv1x1(3g → 2g)([h ; c ; ŝ])``. The original hard-codes the Linear input as 100

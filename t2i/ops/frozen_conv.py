@@ -1,9 +1,13 @@
-"""Ops for frozen layers that backward runs through to their input only (issue 8, memory).
+"""Frozen convolution + ReLU whose backward gives the input gradient only.
+
+    frozen_conv_relu(x, W, b)          = relu(conv2d(x, W, b))
+    frozen_pool_conv1x1_relu(x, W, b)  = relu(conv1x1(avg_pool3x3(x), W) + b)   (zero padding counted in the mean)
 
 A frozen network still sits in the generator's graph: the DAMSM image encoder scores the fake images, so backward
 runs through it to the pixels. Autograd's conv keeps its input for backward even when the weight is frozen, and
-ReLU keeps its float output; the input gradient needs neither. :func:`frozen_conv_relu` keeps a 1-byte mask of
-the ReLU instead: a quarter of the bytes of one activation per layer, where autograd keeps one to two.
+ReLU keeps its float output; the input gradient needs neither: ∂L/∂x = conv2d_input(W, ∂L/∂y ⊙ [y > 0]). These ops
+keep the 1-byte mask [y > 0] instead: a quarter of the bytes of one activation per layer, where autograd keeps one
+to two.
 """
 
 from __future__ import annotations
