@@ -175,3 +175,99 @@ def test_gate_keys_are_json_numbers() -> None:
         "gates/stage3/write_mean",
     ]
     assert all(0 < v < 1 for v in json.loads(json.dumps(values)).values())
+
+
+# -- training logs and `t2i inspect` on tiny trained runs ------------------------------------------------------------
+def _train(root: Path, refiner: str, steps: int = 2) -> Path:
+    from test_train import make
+
+    from t2i.train import run_dir as run_dirs
+    from t2i.train.loop import GANTrainer
+
+    recipe, dataset = make(root / "shapes", [f"model.refiner={refiner}"])
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, root / "runs"), dataset, quiet=True)
+    trainer.fit(steps=steps)
+    return trainer.run.path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gates")
+    return {name: _train(root / name, name) for name in ("dm", "gldm", "attention")}
+
+
+def _invoke(*args) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from t2i.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_logs_gate_means_every_logged_step(runs) -> None:
+    rows = _metrics(runs["dm"])
+    assert [r["step"] for r in rows] == [1, 2]  # log_every = 1
+    for row in rows:  # the tiny recipe has one refinement stage: stage 2
+        assert 0 < row["gates/stage2/write_mean"] < 1 and 0 < row["gates/stage2/response_mean"] < 1
+    gldm = _metrics(runs["gldm"])[-1]
+    shares = [gldm[f"gates/stage2/share_{k}"] for k in ("image", "local", "global")]
+    assert abs(sum(shares) - 1) < 1e-5 and 0 < gldm["gates/stage2/write_global_mean"] < 1
+    assert "gates/stage2/response_mean" not in gldm
+    assert not any(k.startswith("gates/") for k in _metrics(runs["attention"])[-1])
+
+
+def test_training_logs_gates_only_on_logged_steps(tmp_path) -> None:
+    from test_train import make
+
+    from t2i.train import run_dir as run_dirs
+    from t2i.train.loop import GANTrainer
+
+    recipe, dataset = make(tmp_path / "shapes", ["train.log_every=2"])
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
+    recorded = []
+    refiner = trainer.nets.generator.stages[0].refiner
+    refiner.register_forward_hook(lambda m, _a, _o: recorded.append(m.last_gates is not None))
+    trainer.fit(steps=3)
+    assert recorded == [False, True, True]  # step 2 (log_every) and step 3 (the last) are logged
+    assert [r["step"] for r in _metrics(trainer.run.path)] == [2, 3]
+    assert refiner.last_gates is None
+
+
+@pytest.mark.parametrize("refiner", ["dm", "gldm"])
+def test_inspect_prints_the_table(runs, refiner, tmp_path) -> None:
+    report, sheet = tmp_path / "gates.json", tmp_path / "sheet.png"
+    caption = "a big red circle zorblax"
+    code, text = _invoke("inspect", runs[refiner], caption, "--n", 3, "--seed", 1, "--json", report, "-o", sheet)
+    assert code == 0, text
+    assert "zorblax" in text and "not in the vocabulary" in text  # reported as t2i sample does
+    assert "wrote most" in text and "read most" in text and "stage 2" in text
+    numbers = json.loads(report.read_text())
+    assert numbers["words"] == ["a", "big", "red", "circle"] and numbers["n"] == 3 and numbers["unknown"] == ["zorblax"]
+    (stage,) = numbers["stages"]
+    assert stage["stage"] == 2 and stage["size"] == 64
+    assert len(stage["write"]) == len(stage["read"]) == 4
+    assert abs(sum(stage["read"]) - 1) < 1e-4  # addressing weights sum to 1 over the words at every pixel
+    if refiner == "dm":
+        assert "response gate" in text and 0 < stage["response_mean"] < 1
+    else:
+        assert (
+            "global memory" in text
+            and abs(stage["share_image"] + stage["share_local"] + stage["share_global"] - 1) < 1e-5
+        )
+    assert abs(sum(stage["write"]) / 4 - stage["write_mean"]) < 1e-5
+    assert Image.open(sheet).size[0] > 0
+    again = tmp_path / "again.json"
+    assert _invoke("inspect", runs[refiner], caption, "--n", 3, "--seed", 1, "--json", again)[0] == 0
+    assert json.loads(again.read_text())["stages"] == numbers["stages"]  # seeded
+
+
+def test_inspect_a_refiner_without_gates_says_so(runs) -> None:
+    code, text = _invoke("inspect", runs["attention"], "a red circle")
+    assert code == 1
+    assert "attention.v1 has no memory gates" in " ".join(text.split())
+    assert "Traceback" not in text
