@@ -119,24 +119,33 @@ def print_report(report: dict[str, Any]) -> None:
     has_shares = any("share_image" in s for s in stages)
     has_response = any("response_mean" in s for s in stages)
     title = f"{report['refiner']}, step {report['step']}: {report['caption']} (mean of {report['n']} samples)"
-    table = Table(title=escape(title))
-    for name in ("stage", "wrote most (write gate)", "read most (addressing)"):
-        table.add_column(name)
-    if has_response:
-        table.add_column("response gate", justify="right")
+    caption = "wrote: memory writing gate per word; read: mean addressing weight per word (sums to 1)"
     if has_shares:
-        for name in ("image part", "local memory", "global memory", "global write"):
-            table.add_column(name, justify="right")
+        caption += "; shares: image / local memory / global memory (sum to 1); g^c: the global slot's writing gate"
+    table = Table(title=escape(title), caption=caption)
+    table.add_column("stage", no_wrap=True)
+    table.add_column("wrote most")
+    table.add_column("read most")
+    keys = []
+    if has_response:
+        table.add_column("response", justify="right")
+        keys.append("response_mean")
+    if has_shares:
+        table.add_column("shares", justify="right")
+        table.add_column("g^c", justify="right")
+        keys.append("write_global_mean")
     for s in stages:
         row = [f"{s['stage']} ({s['size']} px)", escape(_top(words, s.get("write"))), escape(_top(words, s["read"]))]
-        keys = (["response_mean"] if has_response else []) + (
-            ["share_image", "share_local", "share_global", "write_global_mean"] if has_shares else []
-        )
-        row += [f"{s[k]:.3f}" if k in s else "—" for k in keys]
+        if has_response:
+            row.append(f"{s['response_mean']:.3f}" if "response_mean" in s else "—")
+        if has_shares:
+            shares = [s.get(f"share_{k}") for k in ("image", "local", "global")]
+            row.append(" / ".join("—" if v is None else f"{v:.2f}" for v in shares))
+            row.append(f"{s['write_global_mean']:.3f}" if "write_global_mean" in s else "—")
         table.add_row(*row)
     console.print(table)
 
-    per_word = Table(title="per word: write gate / mean addressing weight")
+    per_word = Table(title="per word")
     per_word.add_column("word")
     for s in stages:
         per_word.add_column(f"stage {s['stage']} write", justify="right")
