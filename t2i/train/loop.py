@@ -30,6 +30,7 @@ from t2i.train import rng
 from t2i.train.data import make_loader
 from t2i.train.ema import EMA, ema_decay
 from t2i.train.finite import NonFiniteError, nonfinite_groups
+from t2i.train.gate_log import gate_logging
 from t2i.train.heap import release_before_backward_of
 from t2i.train.networks import Networks, SetupError, build_networks
 from t2i.train.progress import Progress
@@ -330,12 +331,12 @@ class GANTrainer:
             noise = (torch.randn(B, m.z_dim, generator=self.noise), torch.randn(B, m.cond_dim, generator=self.noise))
         z, eps = (t.to(self.device, non_blocking=True) for t in noise)
         self.g_model.train()
-        with amp():
+        logs: dict[str, float] = {}
+        with amp(), gate_logging(self, logs):  # on logged steps, the memory gates' means join the logs
             out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
         if self.runtime.is_cpu:
             # When G's backward starts, D's and the encoders' activations are freed: give their heap pages back first.
             release_before_backward_of(out.images[-1])
-        logs: dict[str, float] = {}
 
         # D update per stage, on the detached fakes.
         for i, (d, opt) in enumerate(zip(self.d_models, self.opt_d, strict=True)):
