@@ -272,3 +272,13 @@ def test_inspect_a_refiner_without_gates_says_so(runs) -> None:
     assert code == 1
     assert "attention.v1 has no memory gates" in " ".join(text.split())
     assert "Traceback" not in text
+
+
+def test_sample_attention_over_batches_of_different_caption_lengths(runs, tmp_path) -> None:
+    """One caption per forward (--batch-size 1): maps and gates of batches with different word counts are joined."""
+    grid, sheet = tmp_path / "grid.png", tmp_path / "maps.png"
+    long, short = "a big red circle above a small blue square", "green triangle"
+    args = ("sample", runs["gldm"], long, short, "--n", 1, "--batch-size", 1, "-o", grid, "--attention", sheet)
+    code, text = _invoke(*args)
+    assert code == 0, text
+    assert Image.open(sheet).size[1] > 0

@@ -160,7 +160,12 @@ def _generate(recipe, generator, text_encoder, vocab, chosen: list[Caption], n: 
         stage_maps.append([m.float().cpu()[back] for m in output.attention])
         gate_chunks.append(select(gates, back))
     images = [torch.cat([chunk[s] for chunk in stage_images]) for s in range(len(stage_images[0]))]
-    maps = [torch.cat([chunk[s] for chunk in stage_maps]) for s in range(len(stage_maps[0]))]
+    longest = max((m.shape[1] for chunk in stage_maps for m in chunk), default=0)  # batches differ in caption length
+    pad = torch.nn.functional.pad
+    maps = [
+        torch.cat([pad(chunk[s], (0, 0, 0, 0, 0, longest - chunk[s].shape[1])) for chunk in stage_maps])
+        for s in range(len(stage_maps[0]))
+    ]
     return images, maps, concat(gate_chunks)
 
 

@@ -116,11 +116,20 @@ def select(records: dict[int | str, Record], rows: Tensor | list[int]) -> dict[i
 
 
 def concat(chunks: list[dict[int | str, Record]]) -> dict[int | str, Record]:
-    """Records of consecutive batches joined along the sample dimension."""
+    """Records of consecutive batches joined along the sample dimension; the word dimension of ``write`` and
+    ``padding`` is padded to the longest batch (write 0, padding True), as batches may differ in caption length."""
     if not chunks:
         return {}
+    words = {"write": 0.0, "padding": True}
+
+    def join(key: str, parts: list[Tensor]) -> Tensor:
+        if key in words:
+            longest = max(p.shape[1] for p in parts)
+            parts = [torch.nn.functional.pad(p, (0, longest - p.shape[1]), value=words[key]) for p in parts]
+        return torch.cat(parts)
+
     return {
-        stage: {k: torch.cat([chunk[stage][k] for chunk in chunks]) for k in record}
+        stage: {k: join(k, [chunk[stage][k] for chunk in chunks]) for k in record}
         for stage, record in chunks[0].items()
     }
 
