@@ -66,7 +66,7 @@ def test_upsample_folding_is_built_in_and_fast_path_adds_no_flops(overrides):
     from torch import nn
 
     from t2i import recipe as recipe_mod
-    from t2i.build import build_generator
+    from t2i.networks import build_generator
 
     generator = build_generator(recipe_mod.load("dmgan_shapes", overrides))
     assert not any(isinstance(m, nn.Upsample) for m in generator.modules())

@@ -116,12 +116,12 @@ OOM = {
 
 @pytest.mark.parametrize("case", sorted(OOM))
 def test_out_of_memory_is_a_message(shapes, monkeypatch, case):
-    import t2i.build
+    import t2i.networks
 
     def too_big(recipe):
         raise OOM[case]
 
-    monkeypatch.setattr(t2i.build, "build_generator", too_big)
+    monkeypatch.setattr(t2i.networks, "build_generator", too_big)
     result = cli("train", "dmgan_shapes", *tiny_sets(shapes), "--dry-run")
     user_error(result, "out of", "memory", "data.batch_size", "model.gf_dim")
 

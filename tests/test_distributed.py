@@ -206,7 +206,7 @@ def test_resuming_with_another_number_of_processes_sees_the_one_process_batches(
     """Steps before ``stop`` on ``world`` processes, then one process: the same global batches as one process."""
     from itertools import islice
 
-    from t2i.train.data import ResumableBatches
+    from t2i.data.loader import ResumableBatches
 
     n, batch, seed, total = 22, 4, 5, 12  # 5 batches per epoch: the runs cross two epoch boundaries
     single = list(islice(ResumableBatches(n, batch, seed), total))

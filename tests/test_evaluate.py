@@ -117,7 +117,7 @@ def test_unknown_metric_exits_1_with_the_registry_message(trained_run):
 def test_independent_evaluator_is_not_flagged_as_trainer(trained_run, tmp_path):
     state = ckpt.load(trained_run)
     recipe = recipe_mod.validate(state["recipe"])
-    from t2i.train.networks import build_role, build_text_encoder
+    from t2i.networks import build_role, build_text_encoder
 
     torch.manual_seed(1234)
     vocab_size = len(state["vocab"]["words"])
@@ -143,13 +143,11 @@ def test_independent_evaluator_is_not_flagged_as_trainer(trained_run, tmp_path):
 
 
 def test_in_training_evaluation_returns_rows(tmp_path):
-    from t2i.evaluate import evaluate_trainer
-
     recipe = recipe_mod.load("dmgan_shapes", tiny_overrides(tmp_path / "shapes") + [METRICS])
     train_set = recipe.data.dataset.build(split="train", image_sizes=recipe.stage_sizes())
     test_set = recipe.data.dataset.build(split="test", image_sizes=[recipe.stage_sizes()[-1]])
     trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), train_set, quiet=True)
-    rows = evaluate_trainer(trainer, test_set, n=4)
+    rows = trainer.evaluate(test_set, n=4)
     assert [r["metric"] for r in rows] == ["caption_consistency.v1", "r_precision.v1"]
     assert all(r["step"] == 0 for r in rows)
     written = [json.loads(line) for line in (trainer.run.path / "eval.jsonl").read_text().splitlines()]

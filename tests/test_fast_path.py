@@ -96,7 +96,7 @@ def test_sampling_equal_with_fused_batchnorm(tmp_path, float64):
     recipe, vocab, trainer = _trainer(tmp_path, fast=False)
     batch = bench.synthetic_batch(recipe.stage_sizes(), recipe.data.batch_size, vocab, 12, seed=0)
     trainer.train_step(batch)  # move the BN running statistics away from their initial values
-    from t2i.train.loop import text_features
+    from t2i.batch import text_features
 
     text = text_features(trainer.nets.text_encoder, batch, trainer.mask_ids)
     z = torch.randn(len(batch), recipe.model.z_dim)

@@ -110,8 +110,8 @@ class OnlyForward(nn.Module):
 
 @pytest.mark.parametrize("refiner", ["dm", "gldm"])
 def test_generator_with_and_without_the_folded_doubling(refiner):
-    from t2i.build import build_generator
     from t2i.models.generator import init_weights
+    from t2i.networks import build_generator
     from t2i.recipe import load
 
     recipe = load("dmgan_shapes", ["model.gf_dim=4", "model.text_dim=8", "model.base_size=8", "model.stages=3",
@@ -218,8 +218,8 @@ def test_bn_glu_backward_in_channel_groups_equals_one_group(monkeypatch):
 
 
 def test_generator_recomputes_glu_outputs_instead_of_keeping_them():
-    from t2i.build import build_generator
     from t2i.models.generator import init_weights
+    from t2i.networks import build_generator
     from t2i.recipe import load
 
     recipe = load("dmgan_shapes", ["model.gf_dim=4", "model.text_dim=8", "model.base_size=8", "model.stages=2"])

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from t2i import bench
+from t2i.networks import SetupError
 from t2i.recipe import RecipeError, load
 from t2i.train.loop import GANTrainer
-from t2i.train.networks import SetupError
 from t2i.train.run_dir import RunDir
 
 TINY = ["data.batch_size=4", "model.gf_dim=4", "model.df_dim=4", "model.text_dim=8", "model.base_size=16",
@@ -70,7 +70,7 @@ def test_recomputation_reruns_the_forward_in_backward_and_restores_state():
     module = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
     # a pre-hook: the re-run in backward stops early, once it has recomputed what backward needs
     module.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
-    from t2i.train.recompute import Recomputed
+    from t2i.train.memory import Recomputed
 
     wrapped = Recomputed(module)
     x = torch.randn(4, 3, requires_grad=True)

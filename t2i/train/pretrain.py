@@ -23,14 +23,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import t2i
-from t2i.build import build_text_encoder
+from t2i.data.loader import make_loader
+from t2i.networks import build_role, build_text_encoder
 from t2i.recipe import Recipe
 from t2i.runtime import Runtime
 from t2i.train import checkpoint as ckpt
 from t2i.train import rng
-from t2i.train.data import make_loader
 from t2i.train.loop import Stop
-from t2i.train.networks import build_role
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
 
