@@ -202,12 +202,12 @@ def test_disk_full_names_the_file(run, tmp_path, monkeypatch):
 
 
 def test_permission_denied_names_the_file(tmp_path, monkeypatch):
-    import t2i.data.shapes_gen
+    import t2i.data.shapes_maker
 
     def denied(out, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(out / "images.txt"))
 
-    monkeypatch.setattr(t2i.data.shapes_gen, "make_shapes", denied)
+    monkeypatch.setattr(t2i.data.shapes_maker, "make_shapes", denied)
     user_error(cli("data", "make-shapes", tmp_path / "s", "--n", "2"), "images.txt", "permission denied")
 
 

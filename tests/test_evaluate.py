@@ -153,3 +153,47 @@ def test_in_training_evaluation_returns_rows(tmp_path):
     written = [json.loads(line) for line in (trainer.run.path / "eval.jsonl").read_text().splitlines()]
     assert [r["metric"] for r in written] == [r["metric"] for r in rows]
     assert trainer.ema.model.training is False  # evaluated in eval mode and left as it was
+
+
+def test_the_best_checkpoint_follows_the_metric_s_own_direction(tmp_path, monkeypatch):
+    """A metric declares whether higher is better; the loop keeps its best by that, not by the metric's name."""
+    import t2i.train.loop as loop
+    from t2i.metrics.base import Metric
+    from t2i.registry import Params, get_registry
+
+    class MadeUpDistance(Metric):  # a distance whose name does not start with "fid"
+        name = "made_up_distance.v1"
+        higher_is_better = False
+
+    values = iter([3.0, 2.0, 5.0, 1.0])
+
+    def fake_evaluation(*args, step, **kwargs):
+        return [{"metric": "made_up_distance.v1", "value": next(values), "step": step}]
+
+    monkeypatch.setattr(loop, "evaluate_at_step", fake_evaluation)
+    with get_registry("metric").snapshot() as metrics:
+        metrics.register("made_up_distance.v1", MadeUpDistance, params=Params)
+        sets = tiny_overrides(tmp_path / "shapes") + [
+            "eval.every_steps=1",
+            'eval.best_metric="made_up_distance"',
+            'eval.metrics=[{name="made_up_distance"}]',
+        ]
+        recipe = recipe_mod.load("dmgan_shapes", sets)
+        dataset = recipe.data.dataset.build(split="train", image_sizes=recipe.stage_sizes())
+        trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
+        trainer._eval_set = dataset  # the evaluation itself is replaced above
+        kept = []
+        for step in (1, 2, 3, 4):
+            trainer.step = step
+            kept.append(trainer.maybe_evaluate())
+    assert kept == ["made_up_distance.v1", "made_up_distance.v1", None, "made_up_distance.v1"]
+    assert trainer.best == {"made_up_distance.v1": 1.0}
+
+
+def test_registered_metrics_say_which_way_is_better():
+    from t2i.metrics.evaluation import higher_is_better
+
+    assert higher_is_better("fid.v1") is False
+    assert higher_is_better("fid_dmgan2018.v1") is False
+    for name in ("is.v1", "r_precision.v1", "r_precision_legacy.v1", "caption_consistency.v1"):
+        assert higher_is_better(name) is True, name
