@@ -1,4 +1,4 @@
-"""Multi-process training (issue 6 item 8): DDP on gloo with 2 CPU processes, tiny DM-GAN recipe.
+"""Multi-process training: DDP on gloo with 2 CPU processes, tiny DM-GAN recipe.
 
 The multi-process tests launch ``torch.distributed.run`` with this file as the worker script (``python -m
 torch.distributed.run ... tests/test_distributed.py OUT DATA_ROOT STEPS``): each rank trains, then saves its own

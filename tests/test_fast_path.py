@@ -1,4 +1,4 @@
-"""The fast path computes the same function as the plain path (issue 8: identical math, float tolerance).
+"""The fast path computes the same function as the plain path (identical math, float tolerance).
 
 Everything runs in float64 at tiny widths, so any difference beyond rounding (~1e-12) is a real change of math.
 """

@@ -1,4 +1,4 @@
-"""The memory- and FLOP-saving paths compute the plain composition's values and gradients (issue 8).
+"""The memory- and FLOP-saving paths compute the plain composition's values and gradients.
 
 Each fast path is compared in float64 with the composition it replaces: BatchNorm + GLU that keeps only the BN
 input for backward, the residual block that folds DM-GAN's doubled input, and the frozen Inception blocks that fold

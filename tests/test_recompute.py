@@ -1,4 +1,4 @@
-"""``train.recompute``: recomputing activations in backward changes nothing but memory (issue 8)."""
+"""``train.recompute``: recomputing activations in backward changes nothing but memory."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def test_builtin_refiners_swap_into_dmgan(refiner: str) -> None:
     loaded = recipes.load("dmgan_bird", [*TINY, f"model.refiner={refiner}"])
     generator, attention = _run(loaded)
     no_grad = [n for n, p in generator.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    # only DMM-GAN's dead conv (models.md §12 Q3) may stay without a gradient
+    # only DMM-GAN's dead conv (kept for its checkpoints) may stay without a gradient
     expected = (
         ["stages.0.refiner.conv.weight", "stages.1.refiner.conv.weight"] if "legacy_unused_conv" in refiner else []
     )

@@ -189,7 +189,7 @@ def export_originals(checkpoint: dict[str, Any], out_dir: Path) -> list[Path]:
 
     generator = models.get("generator_ema") or models.get("generator")
     if generator is not None:
-        save(to_original("generator", generator), "netG.pth")  # originals store the EMA weights (Q17)
+        save(to_original("generator", generator), "netG.pth")  # originals store the EMA weights
     for index, state in enumerate(models.get("discriminators", [])):
         save(to_original("discriminator", state), f"netD{index}.pth")
     if "text_encoder" in models:
