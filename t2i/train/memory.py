@@ -86,9 +86,9 @@ def install_heap_release(generator: nn.Module) -> list[RemovableHandle]:
             release_free_heap()
 
     def after_forward(_module: nn.Module, _args: Any, out: Any) -> None:
-        last = out.images[-1]
-        if torch.is_grad_enabled() and last.requires_grad:
-            last.register_hook(_release_hook)
+        images = getattr(out, "images", None)  # the generator contract: one image per stage, the last one largest
+        if torch.is_grad_enabled() and images and images[-1].requires_grad:
+            images[-1].register_hook(_release_hook)
 
     return [generator.register_forward_pre_hook(before_forward), generator.register_forward_hook(after_forward)]
 
