@@ -23,8 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("t2i.batch", "t2i.data")),
     # one component family each: networks, refiners, encoders, losses, kernels
     ("components", ("t2i.models", "t2i.refiners", "t2i.encoders", "t2i.losses", "t2i.ops")),
-    # evaluation protocols and the loop that feeds them generated images
-    ("metrics", ("t2i.metrics",)),
+    # evaluation protocols, the loop that feeds them generated images, and the statistics of their results
+    ("metrics", ("t2i.metrics", "t2i.stats")),
     # building a recipe's networks, the training loops, run folders, checkpoints, run setup
     ("train", ("t2i.networks", "t2i.train")),
     # what drives training and evaluation for a command: checkpoint evaluation, comparisons, ablations, benchmarks
