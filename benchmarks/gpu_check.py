@@ -87,7 +87,7 @@ def train_case(recipe_name: str, config: dict, device: str, steps: int, batch: i
     }
     # sampling: the EMA generator in eval mode under the same runtime
     generator = runtime.compiled(runtime.module(trainer.ema.model.eval()))
-    from t2i.train.loop import text_features
+    from t2i.batch import text_features
 
     text = text_features(trainer.nets.text_encoder, runtime.batch(S.synthetic_batch(sizes, batch, vocab, words, 1)),
                          trainer.mask_ids)  # fmt: skip

@@ -29,7 +29,7 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 def in_memory_rate(n: int) -> float:
-    from t2i.data.shapes_gen import _png, _render_rows
+    from t2i.data.shapes_maker import _png, _render_rows
 
     start = time.perf_counter()
     for first in range(0, n, 256):
@@ -44,7 +44,7 @@ def measure(n: int, repeats: int, base: Path) -> tuple[list[float], dict[int, li
 
     The sets are written into a temporary folder under ``base`` and deleted after each run.
     """
-    from t2i.data.shapes_gen import make_shapes
+    from t2i.data.shapes_maker import make_shapes
 
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="shapes-bench-", dir=base))

@@ -1,4 +1,4 @@
-"""``t2i ablate``: swap components, train each variant with one budget and seeds, report mean ± std (issue 7 item 5).
+"""``t2i ablate``: swap components, train each variant with one budget and seeds, report mean ± std.
 
 The grid has one axis per swapped kind (``refiner``: ``model.refiner``; ``alignment``: ``train.alignment``) and is
 their cartesian product. Each axis always holds the base recipe's own value, so the base is the reference variant.
@@ -314,35 +314,25 @@ def _missing(path: str | None) -> bool:
 
 def pretrain_missing(base: recipe_mod.Recipe, roles: set[str], folder: Path, log: Callable[[str], None]) -> list[str]:
     """Pretrain DAMSM / STREAM once when a needed checkpoint file is missing; -> --set lines pointing at them."""
-    from t2i.train import run_dir as run_dirs
-    from t2i.train.pretrain import DamsmPretrainer, StreamPretrainer
+    from t2i.train.setup import data_for, prepare_run
 
     pre = base.train.pretrained
     overrides: list[str] = []
     jobs = []
     if _missing(pre.text_encoder) or ("image_encoder" in roles and _missing(pre.image_encoder)):
-        jobs.append(("damsm", DamsmPretrainer, [base.pretrain.damsm.image_size], ("text_encoder", "image_encoder")))
+        jobs.append(("damsm", ("text_encoder", "image_encoder")))
     if "captioner" in roles and _missing(pre.captioner):
-        jobs.append(("stream", StreamPretrainer, [base.stage_sizes()[-1]], ("captioner",)))
-    for kind, trainer_cls, sizes, sets in jobs:
+        jobs.append(("stream", ("captioner",)))
+    for kind, sets in jobs:
         target = folder / "pretrained" / f"{kind}.pt"
         if not target.is_file():
             log(f"pretraining {kind} once for every variant -> {target}")
             pre_recipe = recipe_mod.validate(base.to_dict(), f"{base.source} [pretrain {kind}]", import_plugins=False)
             pre_recipe.name = f"{base.name}-{kind}"
-            run_path = folder / "pretrained" / f"{kind}-run"
-            run = run_dirs.open_existing(run_path) if (run_path / "config.resolved.toml").is_file() else None
-            resume = None
-            if run is not None:
-                from t2i.train import checkpoint as ckpt
-
-                try:
-                    resume = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
-                except ckpt.CheckpointError:
-                    resume = None
-            run = run or run_dirs.create(pre_recipe, run_dir=run_path)
-            dataset = pre_recipe.data.dataset.build(split="train", image_sizes=sizes)
-            last = trainer_cls(pre_recipe, run, dataset, resume=resume, quiet=True).fit()
+            datasets = data_for(pre_recipe, kind, held_out=False)
+            with prepare_run(pre_recipe, kind=kind, run_dir=folder / "pretrained" / f"{kind}-run", reuse=True,
+                             datasets=datasets, quiet=True) as prepared:  # fmt: skip
+                last = prepared.trainer.fit()
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(Path(last).read_bytes())
         overrides += [f'train.pretrained.{role}="{target}"' for role in sets]
@@ -353,7 +343,7 @@ def shared_evaluators(recipe: recipe_mod.Recipe, vocab: Any) -> dict[str, Any]:
     """The R-precision judge every variant is measured with: the (pre)trained DAMSM text + image encoders."""
     import torch
 
-    from t2i.train.networks import build_role, build_text_encoder, freeze, load_pretrained
+    from t2i.networks import build_role, build_text_encoder, freeze, load_pretrained
 
     pre = recipe.train.pretrained
     with torch.random.fork_rng(devices=[]):
@@ -379,33 +369,20 @@ def run_variant(
     n: int | None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Train one variant/seed in ``folder`` (resuming an interrupted run), evaluate it, write done.json."""
-    from t2i.evaluate import evaluate_trainer
-    from t2i.train import checkpoint as ckpt
-    from t2i.train import run_dir as run_dirs
-    from t2i.train.loop import GANTrainer
+    from t2i.train.setup import Datasets, prepare_run
 
     start = time.perf_counter()
-    resume = None
-    if (folder / "config.resolved.toml").is_file():
-        run = run_dirs.open_existing(folder)
-        try:
-            resume = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
-        except ckpt.CheckpointError:
-            resume = None
-    else:
-        run = run_dirs.create(recipe, run_dir=folder)
-    trainer = GANTrainer(recipe, run, train_set, resume=resume, sample_dataset=test_set, quiet=True)
-    trainer.fit()
-    rows = evaluate_trainer(
-        trainer,
-        test_set,
-        metrics=metric_names,
-        n=n,
-        evaluators=evaluators,
-        skip_unavailable=metric_names is None,
-        checkpoint={"step": trainer.step, "path": str(run.checkpoints / "last.pt")},
-        keep_items=True,  # per-image records for the paired comparison of the reports
-    )
+    with prepare_run(recipe, run_dir=folder, reuse=True, datasets=Datasets(train_set, test_set), quiet=True) as run:
+        run.trainer.fit()
+        rows = run.trainer.evaluate(
+            test_set,
+            metrics=metric_names,
+            n=n,
+            evaluators=evaluators,
+            skip_unavailable=metric_names is None,
+            checkpoint={"step": run.trainer.step, "path": str(run.run.checkpoints / "last.pt")},
+            keep_items=True,  # per-image records for the paired comparison of the reports
+        )
     seconds = time.perf_counter() - start
     (folder / "done.json").write_text(
         json.dumps({"recipe": recipe.name, "seed": recipe.seed, "seconds": seconds, "rows": rows}, default=str) + "\n"

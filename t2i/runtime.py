@@ -304,13 +304,6 @@ class Runtime:
         if threads and self.is_cpu:
             torch.set_num_threads(threads)
 
-    def release_host_memory(self) -> None:
-        """glibc heap release between steps, on the CPU only (GPU memory lives in the caching allocator)."""
-        if self.is_cpu:
-            from t2i.train.heap import release_free_heap
-
-            release_free_heap()
-
     def reset_peak_memory(self) -> None:
         if self.is_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)

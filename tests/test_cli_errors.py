@@ -116,12 +116,12 @@ OOM = {
 
 @pytest.mark.parametrize("case", sorted(OOM))
 def test_out_of_memory_is_a_message(shapes, monkeypatch, case):
-    import t2i.build
+    import t2i.networks
 
     def too_big(recipe):
         raise OOM[case]
 
-    monkeypatch.setattr(t2i.build, "build_generator", too_big)
+    monkeypatch.setattr(t2i.networks, "build_generator", too_big)
     result = cli("train", "dmgan_shapes", *tiny_sets(shapes), "--dry-run")
     user_error(result, "out of", "memory", "data.batch_size", "model.gf_dim")
 
@@ -202,12 +202,12 @@ def test_disk_full_names_the_file(run, tmp_path, monkeypatch):
 
 
 def test_permission_denied_names_the_file(tmp_path, monkeypatch):
-    import t2i.data.shapes_gen
+    import t2i.data.shapes_maker
 
     def denied(out, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(out / "images.txt"))
 
-    monkeypatch.setattr(t2i.data.shapes_gen, "make_shapes", denied)
+    monkeypatch.setattr(t2i.data.shapes_maker, "make_shapes", denied)
     user_error(cli("data", "make-shapes", tmp_path / "s", "--n", "2"), "images.txt", "permission denied")
 
 

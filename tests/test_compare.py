@@ -96,7 +96,7 @@ def _square(colour):
 
 
 def test_paired_comparison_finds_a_recoloured_model_and_not_a_copy(trained_run):  # noqa: F811
-    from t2i.data.shapes_gen import COLOURS
+    from t2i.data.shapes_maker import COLOURS
 
     model = load_model(trained_run)
     model.recipe = recipe_mod.validate(recipe_mod.apply_overrides(model.recipe.to_dict(), [METRICS]))

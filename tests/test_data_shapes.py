@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from t2i.data.shapes import COLOURS, make_shapes, render_image
-from t2i.data.shapes_gen import png_bytes
+from t2i.data.shapes_maker import png_bytes
 from t2i.registry import get_registry
 
 get_registry("dataset").discover()
@@ -48,7 +48,7 @@ def test_png_writer_round_trips():
 
 
 def test_deterministic_for_a_seed(tmp_path, monkeypatch):
-    import t2i.data.shapes_gen as shapes
+    import t2i.data.shapes_maker as shapes
 
     monkeypatch.setattr(shapes, "_HELPER_MIN_IMAGES", 1)  # use a helper interpreter even for a small set
     a = make_shapes(tmp_path / "a", n=200, seed=3, size=32, workers=2)

@@ -75,10 +75,12 @@ def _meta_batch_norm_stats():
 @pytest.fixture
 def on_meta(monkeypatch, _meta_batch_norm_stats):
     """Replace the data-reading seams (see the module docstring) for a meta-device step."""
-    import t2i.train.loop as loop
-    import t2i.train.samples  # noqa: F401  (generate imports text_features from loop at call time)
+    import t2i.metrics.evaluation
+    import t2i.train.loop
+    import t2i.train.samples
 
-    monkeypatch.setattr(loop, "text_features", meta_text_features)
+    for module in (t2i.train.loop, t2i.train.samples, t2i.metrics.evaluation):  # each calls its own import of it
+        monkeypatch.setattr(module, "text_features", meta_text_features)
     monkeypatch.setattr(GANTrainer, "_check", lambda self, name, value: True)
     item, to_float = torch.Tensor.item, torch.Tensor.__float__
     monkeypatch.setattr(torch.Tensor, "item", lambda t: math.nan if t.device.type == "meta" else item(t))
@@ -86,7 +88,7 @@ def on_meta(monkeypatch, _meta_batch_norm_stats):
 
 
 def first_batch(dataset, batch_size: int = 4):
-    from t2i.train.data import make_loader
+    from t2i.data.loader import make_loader
 
     return next(iter(make_loader(dataset, batch_size, 0)))
 

@@ -1,4 +1,4 @@
-"""Multi-process training (issue 6 item 8): DDP on gloo with 2 CPU processes, tiny DM-GAN recipe.
+"""Multi-process training: DDP on gloo with 2 CPU processes, tiny DM-GAN recipe.
 
 The multi-process tests launch ``torch.distributed.run`` with this file as the worker script (``python -m
 torch.distributed.run ... tests/test_distributed.py OUT DATA_ROOT STEPS``): each rank trains, then saves its own
@@ -206,7 +206,7 @@ def test_resuming_with_another_number_of_processes_sees_the_one_process_batches(
     """Steps before ``stop`` on ``world`` processes, then one process: the same global batches as one process."""
     from itertools import islice
 
-    from t2i.train.data import ResumableBatches
+    from t2i.data.loader import ResumableBatches
 
     n, batch, seed, total = 22, 4, 5, 12  # 5 batches per epoch: the runs cross two epoch boundaries
     single = list(islice(ResumableBatches(n, batch, seed), total))

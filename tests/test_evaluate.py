@@ -117,7 +117,7 @@ def test_unknown_metric_exits_1_with_the_registry_message(trained_run):
 def test_independent_evaluator_is_not_flagged_as_trainer(trained_run, tmp_path):
     state = ckpt.load(trained_run)
     recipe = recipe_mod.validate(state["recipe"])
-    from t2i.train.networks import build_role, build_text_encoder
+    from t2i.networks import build_role, build_text_encoder
 
     torch.manual_seed(1234)
     vocab_size = len(state["vocab"]["words"])
@@ -143,15 +143,57 @@ def test_independent_evaluator_is_not_flagged_as_trainer(trained_run, tmp_path):
 
 
 def test_in_training_evaluation_returns_rows(tmp_path):
-    from t2i.evaluate import evaluate_trainer
-
     recipe = recipe_mod.load("dmgan_shapes", tiny_overrides(tmp_path / "shapes") + [METRICS])
     train_set = recipe.data.dataset.build(split="train", image_sizes=recipe.stage_sizes())
     test_set = recipe.data.dataset.build(split="test", image_sizes=[recipe.stage_sizes()[-1]])
     trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), train_set, quiet=True)
-    rows = evaluate_trainer(trainer, test_set, n=4)
+    rows = trainer.evaluate(test_set, n=4)
     assert [r["metric"] for r in rows] == ["caption_consistency.v1", "r_precision.v1"]
     assert all(r["step"] == 0 for r in rows)
     written = [json.loads(line) for line in (trainer.run.path / "eval.jsonl").read_text().splitlines()]
     assert [r["metric"] for r in written] == [r["metric"] for r in rows]
     assert trainer.ema.model.training is False  # evaluated in eval mode and left as it was
+
+
+def test_the_best_checkpoint_follows_the_metric_s_own_direction(tmp_path, monkeypatch):
+    """A metric declares whether higher is better; the loop keeps its best by that, not by the metric's name."""
+    import t2i.train.loop as loop
+    from t2i.metrics.base import Metric
+    from t2i.registry import Params, get_registry
+
+    class MadeUpDistance(Metric):  # a distance whose name does not start with "fid"
+        name = "made_up_distance.v1"
+        higher_is_better = False
+
+    values = iter([3.0, 2.0, 5.0, 1.0])
+
+    def fake_evaluation(*args, step, **kwargs):
+        return [{"metric": "made_up_distance.v1", "value": next(values), "step": step}]
+
+    monkeypatch.setattr(loop, "evaluate_at_step", fake_evaluation)
+    with get_registry("metric").snapshot() as metrics:
+        metrics.register("made_up_distance.v1", MadeUpDistance, params=Params)
+        sets = tiny_overrides(tmp_path / "shapes") + [
+            "eval.every_steps=1",
+            'eval.best_metric="made_up_distance"',
+            'eval.metrics=[{name="made_up_distance"}]',
+        ]
+        recipe = recipe_mod.load("dmgan_shapes", sets)
+        dataset = recipe.data.dataset.build(split="train", image_sizes=recipe.stage_sizes())
+        trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
+        trainer._eval_set = dataset  # the evaluation itself is replaced above
+        kept = []
+        for step in (1, 2, 3, 4):
+            trainer.step = step
+            kept.append(trainer.maybe_evaluate())
+    assert kept == ["made_up_distance.v1", "made_up_distance.v1", None, "made_up_distance.v1"]
+    assert trainer.best == {"made_up_distance.v1": 1.0}
+
+
+def test_registered_metrics_say_which_way_is_better():
+    from t2i.metrics.evaluation import higher_is_better
+
+    assert higher_is_better("fid.v1") is False
+    assert higher_is_better("fid_dmgan2018.v1") is False
+    for name in ("is.v1", "r_precision.v1", "r_precision_legacy.v1", "caption_consistency.v1"):
+        assert higher_is_better(name) is True, name

@@ -72,7 +72,7 @@ def test_up_block_equals_upsample_then_conv_bn_glu(float64):
 
 def test_sampling_without_autograd_equals_the_plain_generator(tmp_path, float64):
     """Without autograd the generator folds BatchNorm per call; with it, the plain modules run: same images."""
-    from t2i.train.loop import text_features
+    from t2i.batch import text_features
 
     recipe = bench_recipe("dmgan_shapes", None, tiny_overrides(tmp_path / "unused") + ["data.batch_size=2"])
     vocab = synthetic_vocab(30)

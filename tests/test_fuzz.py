@@ -94,7 +94,7 @@ def _folder_dataset(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    from t2i.data.shapes_gen import make_shapes
+    from t2i.data.shapes_maker import make_shapes
 
     root = tmp_path_factory.mktemp("data") / "shapes"
     make_shapes(root, n=12, seed=0, size=64, workers=1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from t2i import recipe as recipes
-from t2i.build import build_generator, build_text_encoder
+from t2i.networks import build_generator, build_text_encoder
 from t2i.refiners.gates import gate_means, log_values, record_gates, sheet_row
 
 TINY = ["model.gf_dim=4", "model.text_dim=6", "model.cond_dim=5", "model.z_dim=7", "model.base_size=8"]

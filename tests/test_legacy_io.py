@@ -209,24 +209,26 @@ VOCAB = 11
 
 def _full_originals() -> dict[str, dict[str, torch.Tensor]]:
     """Randomised original-format state dicts of every part of the MirrorGAN-shapes recipe, by original file name."""
-    from t2i import build
+    from t2i import networks
     from t2i import recipe as recipe_mod
     from t2i.legacy import split_stream_checkpoint
 
     recipe = recipe_mod.load("mirrorgan_shapes", FULL_SETS)
     encoder, decoder = split_stream_checkpoint(
-        to_original("captioner", randomized(build.build_captioner(recipe, VOCAB)).state_dict())
+        to_original("captioner", randomized(networks.build_captioner(recipe, VOCAB)).state_dict())
     )
     originals = {
-        "netG_epoch_5.pth": to_original("generator", randomized(build.build_generator(recipe)).state_dict()),
+        "netG_epoch_5.pth": to_original("generator", randomized(networks.build_generator(recipe)).state_dict()),
         "text_encoder5.pth": to_original(
-            "text_encoder", randomized(build.build_text_encoder(recipe, VOCAB)).state_dict()
+            "text_encoder", randomized(networks.build_text_encoder(recipe, VOCAB)).state_dict()
         ),
-        "image_encoder5.pth": to_original("image_encoder", randomized(build.build_image_encoder(recipe)).state_dict()),
+        "image_encoder5.pth": to_original(
+            "image_encoder", randomized(networks.build_image_encoder(recipe)).state_dict()
+        ),
         "encoder-5-300.ckpt": encoder,
         "decoder-5-300.ckpt": decoder,
     }
-    for index, d in enumerate(build.build_discriminators(recipe)):
+    for index, d in enumerate(networks.build_discriminators(recipe)):
         originals[f"netD{index}.pth"] = to_original("discriminator", randomized(d).state_dict())
     return originals
 
@@ -338,7 +340,7 @@ def test_released_generator_imports_and_reproduces_the_original(tmp_path: Path, 
     computed (float64, the golden fixture's outputs)."""
     from golden import GOLDEN_DIR, assert_close_f64, load, to_double
 
-    from t2i import build
+    from t2i import networks
     from t2i import recipe as recipe_mod
 
     path = GOLDEN_DIR / fixture
@@ -361,7 +363,7 @@ def test_released_generator_imports_and_reproduces_the_original(tmp_path: Path, 
     checkpoint = torch.load(out, weights_only=True)
     assert checkpoint["imported_from"] == {"generator": str(released)}
     imported = recipe_mod.validate(checkpoint["recipe"], str(out))
-    generator = build.build_generator(imported)
+    generator = networks.build_generator(imported)
     generator.load_state_dict(checkpoint["models"]["generator_ema"], strict=True)
     generator.double().train(fx["mode"] == "train")
     inputs = to_double(fx["inputs"])

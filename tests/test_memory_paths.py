@@ -81,8 +81,8 @@ class JoinedOutput(nn.Module):
 
 @pytest.mark.parametrize("refiner", ["dm", "gldm"])
 def test_generator_with_and_without_the_duplicated_parts(refiner):
-    from t2i.build import build_generator
     from t2i.models.generator import init_weights
+    from t2i.networks import build_generator
     from t2i.recipe import load
 
     recipe = load("dmgan_shapes", ["model.gf_dim=4", "model.text_dim=8", "model.base_size=8", "model.stages=3",
@@ -143,8 +143,8 @@ def test_frozen_inception_folds_its_batchnorm():
 
 
 def test_generator_recomputes_glu_outputs_instead_of_keeping_them():
-    from t2i.build import build_generator
     from t2i.models.generator import init_weights
+    from t2i.networks import build_generator
     from t2i.recipe import load
 
     recipe = load("dmgan_shapes", ["model.gf_dim=4", "model.text_dim=8", "model.base_size=8", "model.stages=2"])

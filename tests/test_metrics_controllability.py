@@ -18,7 +18,7 @@ import torch
 from test_evaluate import invoke, trained_run  # noqa: F401  (session fixture: a 2-step tiny DM-GAN run)
 
 from t2i.data.shapes import ShapesParams, build_shapes, make_shapes, render_images
-from t2i.data.shapes_gen import COLOURS, KINDS, SIZES, _paint, _pixels
+from t2i.data.shapes_maker import COLOURS, KINDS, SIZES, _paint, _pixels
 from t2i.data.vocab import tokenize
 from t2i.metrics.base import EvalContext, MetricError
 from t2i.metrics.caption_consistency import parse_caption
@@ -228,7 +228,7 @@ def test_eval_compare_and_in_training_evaluation_report_it(trained_run, tmp_path
     assert "controllability.v1" in (out / "metrics.md").read_text()
 
     # ``t2i ablate`` evaluates each variant through the trainer's evaluation
-    from t2i.evaluate import evaluate_trainer, load_model
+    from t2i.evaluate import load_model
     from t2i.train import run_dir as run_dirs
     from t2i.train.loop import GANTrainer
 
@@ -236,7 +236,7 @@ def test_eval_compare_and_in_training_evaluation_report_it(trained_run, tmp_path
     test_set = model.recipe.data.dataset.build(split="test", image_sizes=[model.recipe.stage_sizes()[-1]])
     train_set = model.recipe.data.dataset.build(split="train", image_sizes=model.recipe.stage_sizes())
     trainer = GANTrainer(model.recipe, run_dirs.create(model.recipe, tmp_path / "runs"), train_set, quiet=True)
-    rows = evaluate_trainer(trainer, test_set, metrics=["controllability"], n=4, write=False)
+    rows = trainer.evaluate(test_set, metrics=["controllability"], n=4)
     assert [r["metric"] for r in rows] == ["controllability.v1"] and rows[0]["n"] == 4
 
 

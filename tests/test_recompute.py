@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from t2i.bench import synthetic
+from t2i.networks import SetupError
 from t2i.recipe import RecipeError, load
 from t2i.train.loop import GANTrainer
-from t2i.train.networks import SetupError
 from t2i.train.run_dir import RunDir
 
 TINY = ["data.batch_size=4", "model.gf_dim=4", "model.df_dim=4", "model.text_dim=8", "model.base_size=16",
@@ -70,7 +70,7 @@ def test_recomputation_reruns_the_forward_in_backward_and_restores_state():
     module = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
     # a pre-hook: the re-run in backward stops early, once it has recomputed what backward needs
     module.register_forward_pre_hook(lambda *_: calls.append(torch.is_grad_enabled()))
-    from t2i.train.recompute import Recomputed
+    from t2i.train.memory import Recomputed
 
     wrapped = Recomputed(module)
     x = torch.randn(4, 3, requires_grad=True)
@@ -83,3 +83,22 @@ def test_recomputation_reruns_the_forward_in_backward_and_restores_state():
     with torch.no_grad():
         wrapped(x)
     assert len(calls) == 3  # no graph, nothing to recompute
+
+
+def test_heap_release_is_installed_as_hooks_around_the_generator_step(monkeypatch):
+    """On the CPU the free C heap is released before each training G forward and when G's backward starts; a
+    generator call without gradients (sample grids, evaluation) releases nothing."""
+    import t2i.train.memory as memory
+
+    calls = []
+    monkeypatch.setattr(memory, "release_free_heap", lambda: calls.append("release") or True)
+    fast, vocab = trainer("dmgan_shapes", "[]", ['train.pretrained.image_encoder="random"'])
+    batch = synthetic.synthetic_batch(fast.recipe.stage_sizes(), 4, vocab, 18, seed=0)
+    assert fast.train_step(batch) is not None
+    assert calls == ["release", "release"]
+    calls.clear()
+    m = fast.recipe.model
+    with torch.no_grad():
+        text = torch.randn(4, m.text_dim), torch.randn(4, m.text_dim, 18), torch.zeros(4, 18, dtype=torch.bool)
+        fast.g_model(torch.randn(4, m.z_dim), *text, eps=torch.randn(4, m.cond_dim))
+    assert calls == []

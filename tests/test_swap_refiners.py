@@ -1,7 +1,7 @@
 """Swappability: the DM-GAN recipe with its refiner replaced by each built-in one and by a user's refiner.
 
 Recipes are loaded as a user would (``--set model.refiner=...``, a ``--code`` file), the generator is
-built through ``t2i.build`` at tiny width and run forward and backward; every trainable parameter
+built through ``t2i.networks`` at tiny width and run forward and backward; every trainable parameter
 that takes part in the forward pass gets a non-zero gradient, and the DMM-GAN unused conv none.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from t2i import recipe as recipes
-from t2i.build import build_generator, build_text_encoder
+from t2i.networks import build_generator, build_text_encoder
 from t2i.registry import import_user_file, registries
 
 for _registry in registries.values():
@@ -79,7 +79,7 @@ def test_builtin_refiners_swap_into_dmgan(refiner: str) -> None:
     loaded = recipes.load("dmgan_bird", [*TINY, f"model.refiner={refiner}"])
     generator, attention = _run(loaded)
     no_grad = [n for n, p in generator.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    # only DMM-GAN's dead conv (models.md §12 Q3) may stay without a gradient
+    # only DMM-GAN's dead conv (kept for its checkpoints) may stay without a gradient
     expected = (
         ["stages.0.refiner.conv.weight", "stages.1.refiner.conv.weight"] if "legacy_unused_conv" in refiner else []
     )

@@ -235,7 +235,7 @@ def test_unsafe_checkpoint_refused(tmp_path):
 
 def test_missing_pretrained_encoder_is_a_clear_error(data_root, tmp_path):
     recipe, dataset = make(data_root, ['train.pretrained.text_encoder="nowhere/damsm.pt"'])
-    from t2i.train.networks import SetupError
+    from t2i.networks import SetupError
 
     with pytest.raises(SetupError, match="does not exist: run `t2i pretrain damsm"):
         GANTrainer(recipe, run_dirs.create(recipe, tmp_path), dataset, quiet=True)

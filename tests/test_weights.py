@@ -272,7 +272,7 @@ def _published(recipe_name: str, *sets: str):
 
 
 def test_published_recipe_without_trunk_weights_is_refused():
-    from t2i.build import build_captioner, build_image_encoder
+    from t2i.networks import build_captioner, build_image_encoder
 
     unset = _published("dmgan_bird", 'model.image_encoder={name="damsm_inception", align_corners=true}')
     with pytest.raises(weights.WeightsError) as info, torch.device("meta"):
@@ -294,7 +294,7 @@ def test_published_recipes_name_their_trunk_weights():
 
 
 def test_random_is_explicit_logged_and_recorded(tmp_path, caplog):
-    from t2i.build import build_image_encoder
+    from t2i.networks import build_image_encoder
     from t2i.train import run_dir
 
     recipe = _published("dmgan_bird", 'model.image_encoder.weights="random"', 'train.pretrained.text_encoder="random"')
@@ -308,7 +308,7 @@ def test_random_is_explicit_logged_and_recorded(tmp_path, caplog):
 
 def test_a_checkpoint_load_needs_no_trunk_file(monkeypatch):
     """The published recipe's encoder, rebuilt to receive a checkpoint's whole state, fetches nothing."""
-    from t2i.train.networks import build_role
+    from t2i.networks import build_role
 
     monkeypatch.setenv("T2I_WEIGHTS", "/nonexistent/t2i-weights")
     with torch.device("meta"):

@@ -98,7 +98,7 @@ def train_call(trainer, batches: Callable[[int], Any]) -> Callable[[int], dict[s
 
 def t2i_callable(spec: dict[str, Any]) -> tuple[Callable[[int], Any], int, dict[str, Any]]:
     """(call(i), batch size, info) for a t2i train or sample case; call(i) returns train phases or None."""
-    from t2i.train.loop import text_features
+    from t2i.batch import text_features
 
     recipe = bench_recipe(spec["recipe"], spec.get("batch"), spec.get("overrides"))
     batch_size = recipe.data.batch_size
@@ -165,7 +165,7 @@ def interleaved(specs: list[dict[str, Any]], rounds: int, warmup: int = 1) -> di
 def _data_case(spec: dict[str, Any]) -> dict[str, Any]:
     """Batches per second of the recipe's own data set through the training loader (needs the data)."""
     from t2i import recipe as recipe_mod
-    from t2i.train.data import make_loader
+    from t2i.data.loader import make_loader
 
     recipe = recipe_mod.load(spec["recipe"], list(spec.get("overrides") or []))
     if spec.get("batch"):

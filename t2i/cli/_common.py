@@ -9,13 +9,12 @@ from pathlib import Path
 from types import ModuleType
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from t2i.cli import _errors
+from t2i.cli._errors import UserError, console, err_console
 
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["UserError", "console", "err_console"]  # defined beside the error handling, which needs them
 
 # Command groups that arrive with later features; each registers itself if present.
 _OPTIONAL_COMMANDS = (
@@ -33,10 +32,6 @@ _OPTIONAL_COMMANDS = (
 
 def optional_command_modules() -> list[ModuleType]:
     return [importlib.import_module(m) for m in _OPTIONAL_COMMANDS if importlib.util.find_spec(m) is not None]
-
-
-class UserError(Exception):
-    """An error caused by the user's input: shown as a message, exit code 1."""
 
 
 # Every command goes through the same handling (t2i/cli/_errors.py); the decorator on a command is kept for

@@ -21,9 +21,18 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """An error caused by the user's input: shown as a message, exit code 1."""
+
 
 debug = False  # set by the global --debug flag
 
@@ -34,8 +43,6 @@ def debugging() -> bool:
 
 def print_error(message: str) -> None:
     """``error: message`` on stderr; the message is plain text (a caption may hold ``[/x]``)."""
-    from t2i.cli._common import err_console
-
     try:
         err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     except OSError:  # stderr itself is gone: the exit code still says it
@@ -190,7 +197,6 @@ def _decode_error(exc: UnicodeDecodeError, tb: TracebackType | None) -> str:
 
 def classify(exc: BaseException) -> str | None:
     """The message for an error whose cause the user can fix, or None for an internal bug."""
-    from t2i.cli._common import UserError
     from t2i.recipe import RecipeError
     from t2i.registry import ComponentError
 

@@ -1,4 +1,4 @@
-"""``t2i data make-shapes|check|convert``: create, inspect and convert data sets (issue 5, docs/data.md)."""
+"""``t2i data make-shapes|check|convert``: create, inspect and convert data sets (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def _decode_all(files: list[str], workers: int) -> list[tuple[str, str]]:
 
 DatasetOption = typer.Option(None, "--dataset", "-d", help="cub, coco, folder or shapes (default: detected)")
 CpiOption = typer.Option(None, "--captions-per-image", help="captions per image (default: 10, coco 5)")
-ConventionOption = typer.Option("A", "--convention", help="caption convention A or B (training.md §1.3)")
+ConventionOption = typer.Option("A", "--convention", help="caption convention A or B (see docs/data.md)")
 
 
 @data_app.command("make-shapes")
@@ -109,7 +109,7 @@ def make_shapes_cmd(
 
     Example: [bold]t2i data make-shapes data/shapes --n 2000 --seed 0 --size 64[/]
     """
-    from t2i.data.shapes_gen import make_shapes
+    from t2i.data.shapes_maker import make_shapes
 
     check_output(out, "OUT", folder=True)
 

@@ -15,9 +15,11 @@ from t2i.cli._common import console
 
 def run_demo(out: Path, steps: int | None, recipe_name: str = "dmgan_shapes", sets: list[str] | None = None) -> Path:
     from t2i import recipe as recipe_mod
-    from t2i.train import run_dir as run_dirs
-    from t2i.train.loop import GANTrainer, Stop, install_signal_handlers
-    from t2i.train.pretrain import DamsmPretrainer
+    from t2i.train.loop import Stop, install_signal_handlers
+    from t2i.train.setup import data_for, prepare_run
+
+    def note(line: str) -> None:
+        console.print(f"note: {line}", markup=False)
 
     recipe = recipe_mod.load(recipe_name, list(sets or []))
     stop = Stop()
@@ -27,23 +29,20 @@ def run_demo(out: Path, steps: int | None, recipe_name: str = "dmgan_shapes", se
         console.rule("1/2 pretraining the DAMSM text and image encoders")
         pre_recipe = recipe_mod.load(recipe_name, list(sets or []))
         pre_recipe.name = f"{pre_recipe.name}-damsm"
-        pre_run = run_dirs.create(pre_recipe, out)
-        dataset = pre_recipe.data.dataset.build(split="train", image_sizes=[pre_recipe.pretrain.damsm.image_size])
-        last = DamsmPretrainer(pre_recipe, pre_run, dataset).fit(stop)
+        no_validation = data_for(pre_recipe, "damsm", held_out=False)  # the demo's time goes to the GAN
+        with prepare_run(pre_recipe, kind="damsm", runs=out, datasets=no_validation, note=note) as pre:
+            last = pre.trainer.fit(stop)
         if stop.signal_name:
             raise SystemExit(130)
         damsm.parent.mkdir(parents=True, exist_ok=True)
         damsm.write_bytes(Path(last).read_bytes())
-        console.print(f"DAMSM encoders: {damsm}  (run folder {pre_run.path})", markup=False)
+        console.print(f"DAMSM encoders: {damsm}  (run folder {pre.run.path})", markup=False)
     else:
         console.print(f"using the pretrained DAMSM encoders in {damsm}", markup=False)
     console.rule("2/2 training DM-GAN on the synthetic shapes")
-    run = run_dirs.create(recipe, out)
-    sizes = recipe.stage_sizes()
-    train_set = recipe.data.dataset.build(split="train", image_sizes=sizes)
-    test_set = recipe.data.dataset.build(split="test", image_sizes=sizes)
-    trainer = GANTrainer(recipe, run, train_set, sample_dataset=test_set)
-    last = trainer.fit(steps=steps, stop=stop)
+    with prepare_run(recipe, runs=out, steps=steps, note=note) as prepared:
+        last = prepared.trainer.fit(stop=stop)
+    run = prepared.run
     grids = sorted(run.samples.glob("step_*.png"))
     maps = sorted(run.samples.glob("attention_step_*.png"))
     console.rule("done")

@@ -96,7 +96,7 @@ def _assign(files: list[Path], overrides: list[str]) -> dict[str, Path]:
 
 def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] | None = None) -> dict[str, Any]:
     """Convert and strictly check original files against modules built from ``recipe``; return a checkpoint dict."""
-    from t2i import __version__, build
+    from t2i import __version__, networks
     from t2i.legacy import load_into, load_original, to_t2i
     from t2i.train.checkpoint import FORMAT_VERSION
     from t2i.weights import loaded_from_checkpoint
@@ -109,10 +109,10 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
         state = to_t2i("text_encoder", raw["text_encoder"])
         text_vocab = int(next(iter(state.values())).shape[0])  # the embedding table comes first
         where = f"text_encoder ({parts['text_encoder']})"
-        models["text_encoder"] = load_into(build.build_text_encoder(recipe, text_vocab), state, where)
+        models["text_encoder"] = load_into(networks.build_text_encoder(recipe, text_vocab), state, where)
     if "generator" in raw:
         state = to_t2i("generator", raw["generator"])
-        state = load_into(build.build_generator(recipe), state, f"generator ({parts['generator']})")
+        state = load_into(networks.build_generator(recipe), state, f"generator ({parts['generator']})")
         models["generator"] = state
         models["generator_ema"] = dict(state)
     discriminators = sorted(int(p[len("discriminator") :]) for p in raw if p.startswith("discriminator"))
@@ -120,7 +120,7 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
         expected = list(range(recipe.model.stages))
         if discriminators != expected:
             raise UserError(f"discriminators given for stages {discriminators}; the recipe has stages {expected}")
-        built = build.build_discriminators(recipe)
+        built = networks.build_discriminators(recipe)
         models["discriminators"] = []
         for index in discriminators:
             state = to_t2i("discriminator", raw[f"discriminator{index}"])
@@ -129,7 +129,7 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
     if "image_encoder" in raw:
         state = to_t2i("image_encoder", raw["image_encoder"])
         with loaded_from_checkpoint():  # the original file holds the whole encoder, its Inception trunk too
-            module = build.build_image_encoder(recipe)
+            module = networks.build_image_encoder(recipe)
         if module is None:
             raise UserError("an image encoder file was given but the recipe has no model.image_encoder")
         models["image_encoder"] = load_into(module, state, f"image_encoder ({parts['image_encoder']})")
@@ -151,7 +151,7 @@ def import_originals(recipe: Any, parts: dict[str, Path], vocab: dict[str, Any] 
             raise UserError(f"{parts['captioner_decoder']} has no embed.weight: is it a STREAM decoder checkpoint?")
         vocab_size = text_vocab or int(embedding.shape[0])
         with loaded_from_checkpoint():
-            module = build.build_captioner(recipe, vocab_size)
+            module = networks.build_captioner(recipe, vocab_size)
         if module is None:
             raise UserError("captioner files were given but the recipe has no model.captioner")
         where = f"{parts['captioner_encoder']} + {parts['captioner_decoder']}"
@@ -189,7 +189,7 @@ def export_originals(checkpoint: dict[str, Any], out_dir: Path) -> list[Path]:
 
     generator = models.get("generator_ema") or models.get("generator")
     if generator is not None:
-        save(to_original("generator", generator), "netG.pth")  # originals store the EMA weights (Q17)
+        save(to_original("generator", generator), "netG.pth")  # originals store the EMA weights
     for index, state in enumerate(models.get("discriminators", [])):
         save(to_original("discriminator", state), f"netD{index}.pth")
     if "text_encoder" in models:

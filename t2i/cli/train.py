@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -25,66 +24,20 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
-def _recipe_for_resume(resume: Path, sets: list[str] | None, code: list[Path] | None, extra: tuple[str, ...] = ()):
-    """-> (the stored recipe with the ``--set`` overrides, the run folder, the keys they changed).
-
-    Only keys that cannot change what was trained may change (t2i/train/resume.py); others are refused here.
-    """
-    from t2i import recipe as recipe_mod
-    from t2i.train.resume import check_resume_changes
-    from t2i.train.run_dir import open_existing
+def _resume(resume: Path, sets: list[str] | None, code: list[Path] | None, resumable: tuple[str, ...] = ()):
+    """-> (the stored recipe with the ``--set`` overrides, the run folder, the keys they changed)."""
+    from t2i.train.setup import resume_recipe
 
     import_code(code)
-    run = open_existing(resume)
-    source = str(run.path / "config.resolved.toml")
-    stored = recipe_mod.read_toml(run.path / "config.resolved.toml")
-    recipe = recipe_mod.validate(
-        recipe_mod.apply_overrides(stored, list(sets or [])), source, list(sets or []), import_plugins=False
-    )
-    changed = check_resume_changes(
-        recipe_mod.validate(stored, source, import_plugins=False).to_dict(), recipe.to_dict(), extra
-    )
-    return recipe, run, changed
+    return resume_recipe(resume, list(sets or []), resumable)
 
 
-def _lock(run, info):
-    """The run folder's lock on the process that writes there (rank 0); other ranks take none."""
-    import contextlib
-
-    from t2i.train.lock import RunLock
-
-    if not info.is_main:
-        return contextlib.nullcontext()
-    return RunLock(run.path, log=lambda line: console.print(f"[yellow]note:[/] {line}", highlight=False))
+def _note(line: str) -> None:
+    console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
 
 
-def _resume_bookkeeping(run, state: dict, sets: list[str] | None, recipe) -> None:
-    """Logs back to the checkpoint's step (a resumed run writes the later rows again); record accepted --set."""
-    run.truncate_logs(int(state["step"]))
-    if sets:
-        run.record_resume(int(state["step"]), list(sets), recipe.to_toml())
-
-
-@contextlib.contextmanager
-def _removed_if_it_fails(run, enabled: bool = True):
-    """A start that fails before its first checkpoint leaves no half-made run folder behind."""
-    try:
-        yield
-    except BaseException:
-        if enabled and run.remove_failed_start():
-            console.print(f"[yellow]note:[/] removed {run.path}: the run failed before its first checkpoint")
-        raise
-
-
-def _dataset(recipe, split: str, image_sizes: list[int]):
-    return recipe.data.dataset.build(split=split, image_sizes=image_sizes)
-
-
-def _sample_split(recipe, image_sizes):
-    try:
-        return _dataset(recipe, "test", image_sizes)
-    except Exception:  # a data set without a test split samples from its training captions
-        return None
+def _say(line: str) -> None:
+    console.print(line, markup=False)
 
 
 @user_errors
@@ -114,23 +67,17 @@ def train(
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(nproc)
         return
-    from t2i.runtime import Runtime, warn_once
-    from t2i.train import checkpoint as ckpt
-    from t2i.train import distributed
-    from t2i.train import run_dir as run_dirs
-
     sets = list(sets or []) + RuntimeFlags(device, precision, channels_last, compile).sets()
     changed: list[str] = []
     if resume is not None:
-        loaded, run, changed = _recipe_for_resume(resume, sets, code)
+        loaded, run, changed = _resume(resume, sets, code)
     else:
         if recipe is None:
             raise UserError("give a RECIPE (or --resume RUN_DIR)")
         loaded, run = load_recipe(recipe, sets, code), None
-    image_sizes = loaded.stage_sizes()
     if dry_run:
         try:
-            dataset = _dataset(loaded, "train", image_sizes)
+            dataset = loaded.data.dataset.build(split="train", image_sizes=loaded.stage_sizes())
         except Exception as exc:  # the networks can be shown without the data
             console.print(
                 f"[yellow]note:[/] data set not loaded ({escape(str(exc))}); the text encoder needs its vocabulary"
@@ -138,54 +85,37 @@ def train(
             dataset = None
         _print_dry_run(loaded, dataset)
         return
-    runtime = Runtime.from_section(loaded.runtime, local_rank=distributed.local_rank_from_env())
-    warn_once(runtime.warn())
-    info = distributed.init_from_env(runtime.device)
-    if run is not None:
-        with _lock(run, info):
-            dataset = _dataset(loaded, "train", image_sizes)
-            state = ckpt.CheckpointKeeper(run.checkpoints).latest_good()  # says which files it skipped, and why
-            console.print(f"resuming {run.path} from step {state['step']} ({Path(state['_path']).name})", markup=False)
-            if info.is_main:
-                _resume_bookkeeping(run, state, sets, loaded)
-            if steps is None and "train.steps" in changed:
-                state["steps_option"] = None  # a new train.steps replaces the --steps the run was started with
-            _train(loaded, run, dataset, state, info, steps, quiet, runtime)
-        return
-    dataset = _dataset(loaded, "train", image_sizes)
-    created = run_dirs.create(loaded, runs, run_dir=run_dir) if info.is_main else None
-    path = distributed.broadcast_text(str(created.path) if created else None, info)
-    run = created or run_dirs.RunDir(Path(path))
-    with _lock(run, info), _removed_if_it_fails(run, enabled=info.is_main):
-        _train(loaded, run, dataset, None, info, steps, quiet, runtime)
-
-
-def _train(recipe, run, dataset, state, info, steps, quiet, runtime) -> None:
     import torch
 
     from t2i.train import distributed
-    from t2i.train.loop import GANTrainer, Stop, install_signal_handlers
+    from t2i.train.loop import Stop, install_signal_handlers
+    from t2i.train.setup import prepare_run
 
-    trainer = GANTrainer(
-        recipe,
-        run,
-        dataset,
-        runtime=runtime,
-        rank=info.rank,
-        world=info.world,
-        resume=state,
-        sample_dataset=_sample_split(recipe, recipe.stage_sizes()),
+    setup = prepare_run(
+        loaded,
+        resume=run,
+        resume_sets=sets if run is not None else (),
+        changed=changed,
+        runs=runs,
+        run_dir=run_dir,
+        steps=steps,
         quiet=quiet,
+        log=_say,
+        note=_note,
     )
-    stop = Stop()
-    install_signal_handlers(stop)
-    torch.set_grad_enabled(True)
-    last = trainer.fit(steps=steps, stop=stop)
-    distributed.shutdown(info)
-    if info.is_main:
-        console.print(f"run folder: {run.path}\nlast checkpoint: {last}\nsamples: {run.samples}", markup=False)
-    if stop.signal_name:
-        raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143)
+    with setup as prepared:
+        stop = Stop()
+        install_signal_handlers(stop)
+        torch.set_grad_enabled(True)
+        last = prepared.trainer.fit(stop=stop)
+        distributed.shutdown(prepared.dist)
+        if prepared.dist.is_main:
+            console.print(
+                f"run folder: {prepared.run.path}\nlast checkpoint: {last}\nsamples: {prepared.run.samples}",
+                markup=False,
+            )
+        if stop.signal_name:
+            raise typer.Exit(130 if stop.signal_name == "SIGINT" else 143)
 
 
 def _launch_torchrun(nproc: int) -> None:
@@ -218,7 +148,7 @@ def _launch_torchrun(nproc: int) -> None:
 def _print_dry_run(recipe, dataset) -> None:
     from rich.table import Table
 
-    from t2i.build import build_discriminators, build_generator, build_text_encoder
+    from t2i.networks import build_discriminators, build_generator, build_text_encoder
 
     console.print(recipe.to_toml(), highlight=False, markup=False)
     table = Table(title="networks", title_justify="left")
@@ -251,34 +181,34 @@ def _print_dry_run(recipe, dataset) -> None:
 
 
 def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, quiet, export=None, flags=None) -> None:
-    from t2i.train import checkpoint as ckpt
-    from t2i.train import run_dir as run_dirs
-    from t2i.train.distributed import DistInfo
     from t2i.train.loop import Stop, install_signal_handlers
-    from t2i.train.pretrain import PRETRAINERS
+    from t2i.train.setup import prepare_run
 
     sets = list(sets or []) + (flags.sets() if flags is not None else [])
     if resume is not None:
         resumable = (f"pretrain.{kind}.epochs", f"pretrain.{kind}.snapshot_every")
-        loaded, run, _ = _recipe_for_resume(resume, sets, code, resumable)
+        loaded, run, changed = _resume(resume, sets, code, resumable)
     else:
         if recipe is None:
             raise UserError("give a RECIPE (or --resume RUN_DIR)")
-        loaded = load_recipe(recipe, sets, code)
+        loaded, run, changed = load_recipe(recipe, sets, code), None, []
         loaded.name = f"{loaded.name}-{kind}"
-        run = run_dirs.create(loaded, runs, run_dir=run_dir)
-    with _lock(run, DistInfo()), _removed_if_it_fails(run, enabled=resume is None):
-        state = None
-        if resume is not None:
-            state = ckpt.CheckpointKeeper(run.checkpoints).latest_good()
-            _resume_bookkeeping(run, state, sets, loaded)
-        size = loaded.pretrain.damsm.image_size if kind == "damsm" else loaded.stage_sizes()[-1]
-        dataset = _dataset(loaded, "train", [size])
-        held_out = _sample_split(loaded, [size])  # measured after every epoch; the best epoch is kept
-        trainer = PRETRAINERS[kind](loaded, run, dataset, resume=state, quiet=quiet, val_dataset=held_out)
+    setup = prepare_run(
+        loaded,
+        kind=kind,
+        resume=run,
+        resume_sets=sets if run is not None else (),
+        changed=changed,
+        runs=runs,
+        run_dir=run_dir,
+        quiet=quiet,
+        log=_say,
+        note=_note,
+    )
+    with setup as prepared:
         stop = Stop()
         install_signal_handlers(stop)
-        last = trainer.fit(stop)
+        last = prepared.trainer.fit(stop)
     if export is not None and not stop.signal_name:
         import shutil
 
@@ -286,7 +216,7 @@ def _pretrain(kind: str, recipe: str | None, sets, code, resume, runs, run_dir, 
         shutil.copyfile(last, export)
         last = Path(export)
     console.print(
-        f"run folder: {run.path}\ncheckpoint: {last}\n"
+        f"run folder: {prepared.run.path}\ncheckpoint: {last}\n"
         f"use it in a training recipe: --set train.pretrained.{_PRETRAINED_KEY[kind]}={last}"
     )
 

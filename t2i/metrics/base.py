@@ -1,6 +1,6 @@
 """The metric protocol: ``EvalContext`` in, ``update`` per generated batch, ``compute`` -> ``MetricResult``.
 
-A metric is a registered component (kind ``metric``) whose versioned name *is* its protocol (metrics.md §2.7):
+A metric is a registered component (kind ``metric``) whose versioned name *is* its protocol:
 ``fid.v1`` and ``fid_dmgan2018.v1`` are two different metrics, never two settings of one. Every result carries a
 ``protocol`` record (backbone + hash of its weights, resize, input scaling, sample count, reference statistics and
 their hash, seed, batch size) so a number can always be traced to how it was measured.
@@ -76,7 +76,7 @@ class EvalContext:
 
     device: torch.device | str = "cpu"
     batch_size: int = 50
-    seed: int = 100  # DM-GAN's evaluation seed (training.md §5.1)
+    seed: int = 100  # DM-GAN's evaluation seed
     weights_dir: Path = field(default_factory=default_weights_dir)
     cache_dir: Path = field(default_factory=default_cache_dir)
     dataset: Any = None  # the test-split Dataset: .vocab, .collate, captions_of(i), class_id(i)
@@ -112,6 +112,9 @@ class Metric:
     """Base class: subclasses set ``name`` (= the registered, versioned name) and implement update/compute."""
 
     name: ClassVar[str] = "metric.v0"
+    # Which way is better: a score (IS, R-precision) rises, a distance (FID) falls. The training loop keeps the
+    # best checkpoint by it; every registered metric sets it.
+    higher_is_better: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ()  # names of evaluator networks needed in ``context.networks``
 
     def __init__(self, context: EvalContext) -> None:

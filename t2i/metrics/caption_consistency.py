@@ -13,7 +13,7 @@ A deterministic judge (no learned network, so it cannot share a bias with the ge
 3. Score of one image = the fraction of its caption's checks that pass (colour present, kind, size when mentioned,
    relation, position); the metric is the mean, with per-attribute rates in ``details``.
 
-Framing: the training pipeline resizes to ``int(S*76/64)`` and crops S (training.md §1.5), so a generator learns
+Framing: the training pipeline resizes to ``int(S*76/64)`` and crops S (as the originals), so a generator learns
 shapes 76/64 larger than drawn. ``framing="train_crop"`` (default) maps measurements back through a centre crop of that
 scale; ``"full"`` judges uncropped renders. ``reference_scores`` gives the ceiling (real images, their own captions)
 and the floor (real images, captions of other images).
@@ -285,6 +285,7 @@ class CaptionConsistency(Metric):
     """Fraction of the caption's colours, kinds, sizes, relation and position that the image shows."""
 
     name = "caption_consistency.v1"
+    higher_is_better = True
 
     def __init__(self, params: CaptionConsistencyParams, *, context: EvalContext) -> None:
         super().__init__(context)

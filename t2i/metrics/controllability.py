@@ -63,7 +63,7 @@ _POSITIONS = tuple((row, col) for row in _ROWS for col in _COLS)
 
 
 def _position_words(row: str, col: str) -> list[str]:
-    """The data set's wording of a position (shapes_gen ``_position``) without its leading article."""
+    """The data set's wording of a position (shapes_maker ``_position``) without its leading article."""
     if row == "middle" and col == "center":
         return ["in", "the", "center"]
     if row == "middle":

@@ -1,4 +1,4 @@
-"""Fréchet Inception Distance in two protocols that must never share a table (metrics.md §0.1, §2.1; training.md §5.4).
+"""Fréchet Inception Distance in two protocols that must never share a table (Heusel et al. 2017).
 
 FID = |mu_r - mu_g|^2 + tr(Sigma_r + Sigma_g - 2 (Sigma_r Sigma_g)^{1/2})   (Heusel et al. 2017, eq. 6)
 
@@ -13,7 +13,7 @@ FID = |mu_r - mu_g|^2 + tr(Sigma_r + Sigma_g - 2 (Sigma_r Sigma_g)^{1/2})   (Heu
   statistics file (``reference_stats = "bird_val.npz"``).
 
 The matrix square-root trace uses the symmetric eigen-decomposition tr((S1^{1/2} S2 S1^{1/2})^{1/2}) in float64,
-which equals tr(sqrtm(S1 S2)) without SciPy's deprecated ``sqrtm(disp=...)`` (metrics.md §2.1 caveat).
+which equals tr(sqrtm(S1 S2)) without SciPy's deprecated ``sqrtm(disp=...)``.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class FID(Metric):
     """Standard FID (TF-2015 FID Inception, [-1, 1] input, bilinear resize to 299)."""
 
     name = "fid.v1"
+    higher_is_better = False  # a distance between feature distributions
     resize = "F.interpolate bilinear to 299x299, align_corners=False (pytorch-fid)"
     input_scaling = "[-1,1] -> uint8 by rounding (PNG) -> x/127.5 - 1"
     drop_last: int | None = None

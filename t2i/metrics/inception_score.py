@@ -1,4 +1,4 @@
-"""Inception Score, 10 splits (Salimans et al. 2016; metrics.md §2.2, training.md §5.3).
+"""Inception Score, 10 splits (Salimans et al. 2016, "Improved Techniques for Training GANs").
 
 IS = exp( E_x KL( p(y|x) || p(y) ) ), p(y) = the split's mean prediction; reported as mean and (population) std
 over ``splits`` contiguous splits of the shuffled predictions.
@@ -62,6 +62,7 @@ class InceptionScore(Metric):
     """Inception Score over generated images."""
 
     name = "is.v1"
+    higher_is_better = True
 
     def __init__(self, params: InceptionScoreParams, *, context: EvalContext) -> None:
         super().__init__(context)

@@ -1,4 +1,4 @@
-"""R-precision: does the evaluator rank an image's own caption above 99 others? (metrics.md §2.3, training.md §5.2)
+"""R-precision: does the evaluator rank an image's own caption above 99 others? (Xu et al. 2018, AttnGAN)
 
 For each generated image x with caption c: image code v = image_encoder(x) global (e), sentence codes s_0 (the
 true caption) and s_1..s_99 (negatives); score_k = cos(v, s_k); hit if s_0 scores highest.
@@ -16,7 +16,8 @@ true caption) and s_1..s_99 (negatives); score_k = cos(v, s_k); hit if s_0 score
   classes, drawn from the metric's own seeded generator; the true caption is re-encoded by the evaluator; a tie
   counts as 1/(1+k) (the expectation of a random tie-break); any N; value = mean hit rate, std over 10 folds
   (``np.array_split``). Give it evaluator encoders that were *not* used to train the generator: the protocol records
-  the evaluator's weight hashes and flags ``judge_is_trainer`` when they match the training ones (TISE, D5).
+  the evaluator's weight hashes and flags ``judge_is_trainer`` when they match the training ones
+  (the bias TISE, Dinh et al. 2022, describes).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ __all__ = [
 def apply_length_rule(
     caption: Sequence[int], words_num: int, convention: str, rng: Any = np.random
 ) -> tuple[np.ndarray, int]:
-    """training.md §1.6 with a numpy RNG: keep a random, order-preserving word subset when too long.
+    """The originals' caption length rule with a numpy RNG: keep a random, order-preserving word subset when too long.
 
     ``caption`` as ``captions_of`` stores it (A: bare ids; B: wrapped in <start>/<end>). -> (ids (words_num,), length).
     ``rng`` is ``np.random`` (the global stream, as DM-GAN) or a ``np.random.Generator``.
@@ -151,6 +152,7 @@ class RPrecisionLegacy(_RPrecisionBase):
     """DM-GAN's R-precision, quirks included."""
 
     name = "r_precision_legacy.v1"
+    higher_is_better = True
 
     def __init__(self, params: RPrecisionLegacyParams, *, context: EvalContext) -> None:
         if params.n_samples % context.batch_size:
@@ -169,7 +171,7 @@ class RPrecisionLegacy(_RPrecisionBase):
         """99 captions of images from other classes, numpy global RNG, repeats allowed; sorted by length (desc)."""
         negatives, n = [], len(self.dataset)
         while len(negatives) < self.params.negatives:
-            index = np.random.randint(0, n)  # exclusive upper bound (training.md §7 item 8)
+            index = np.random.randint(0, n)  # exclusive upper bound (DM-GAN's random.randint could draw n)
             if self.class_ids[index] == class_id:
                 continue
             captions = self.dataset.captions_of(index)
@@ -230,6 +232,7 @@ class RPrecision(_RPrecisionBase):
     """Corrected R-precision with an independent evaluator."""
 
     name = "r_precision.v1"
+    higher_is_better = True
 
     def __init__(self, params: RPrecisionParams, *, context: EvalContext) -> None:
         super().__init__(params, context=context)

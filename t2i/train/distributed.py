@@ -1,7 +1,7 @@
 """Multi-process training with torchrun (DistributedDataParallel: gloo on CPUs, nccl with one GPU per process).
 
 One DDP wrapper per network. Rank ``r`` takes every ``world``-th item of each global batch
-(t2i.train.data.ResumableBatches), seeds with ``seed + r``, and only rank 0 logs and writes checkpoints.
+(t2i.data.loader.ResumableBatches), seeds with ``seed + r``, and only rank 0 logs and writes checkpoints.
 
 Discriminators. The adversarial losses call ``D(images)`` for the (B, 8d, 4, 4) code, then ``D.cond_logits`` and
 ``D.uncond_logits`` on it, several times before one backward. A DDP wrapper only sees calls of its ``forward``, so

@@ -1,14 +1,14 @@
-"""The GAN training loop shared by every recipe (training.md §4.1, the original iteration order).
+"""The GAN training loop shared by every recipe, in the originals' iteration order (AttnGAN, Xu et al. 2018).
 
 One iteration: encode text (frozen) → one G forward → for each stage, a D update on (real, fake.detach()) →
 one G update with the recipe's adversarial term, alignment terms on the last image and the KL term → EMA.
-Loss terms come from the recipe; the loop never branches on which ones are present.
+Loss terms come from the recipe; the loop never branches on which ones are present. Memory policy (heap release,
+recomputation) is installed once at set-up by ``t2i.train.memory``; evaluation is called with explicit arguments
+(``t2i.metrics.evaluation``), as StyleGAN's loop calls its metrics.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
 import signal
 import time
@@ -16,25 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 import t2i
-from t2i.batch import Batch, TextFeatures
+from t2i.batch import Batch, item_noise, text_features
+from t2i.data.loader import make_loader
 from t2i.losses.kl import kl_loss
+from t2i.metrics.evaluation import append_rows, evaluate_at_step, higher_is_better, metric_specs
+from t2i.networks import Networks, build_networks
 from t2i.recipe import Recipe
 from t2i.runtime import Runtime
 from t2i.train import checkpoint as ckpt
-from t2i.train import rng
-from t2i.train.data import make_loader
+from t2i.train import memory, rng
+from t2i.train.distributed import all_finite, wrap_ddp
 from t2i.train.ema import EMA, ema_decay
 from t2i.train.finite import NonFiniteError, nonfinite_groups
 from t2i.train.gate_log import gate_logging
-from t2i.train.heap import release_before_backward_of
-from t2i.train.networks import Networks, SetupError, build_networks
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
+from t2i.train.samples import SampleWriter
 
 
 class NonFiniteLossError(NonFiniteError):
@@ -49,39 +50,6 @@ class Stop:
     """Set by a signal handler; the loop checkpoints and leaves at the end of the step."""
 
     signal_name: str | None = None
-
-
-def text_features(text_encoder: nn.Module, batch: Batch, mask_ids: Tensor) -> TextFeatures:
-    with torch.no_grad():
-        words, sentence = text_encoder(batch.captions, batch.lengths)
-    T = words.shape[2]
-    mask = torch.isin(batch.captions[:, :T], mask_ids)
-    return TextFeatures(
-        words=words.detach(),
-        sentence=sentence.detach(),
-        mask=mask,
-        captions=batch.captions,
-        lengths=batch.lengths,
-        class_ids=batch.class_ids,
-    )
-
-
-def item_noise(keys: list[str], step: int, seed: int, z_dim: int, cond_dim: int) -> tuple[Tensor, Tensor] | None:
-    """z (B, z_dim) and CA ε (B, cond_dim), each item's drawn from a seed of (run seed, step, item key).
-
-    An item gets the same noise whatever the number of processes, its place in the length-sorted batch or the
-    resume point, so 2 processes × B/2 see the noise 1 × B sees. None when keys are missing or repeated.
-    """
-    if not keys or len(set(keys)) != len(keys):
-        return None
-    z, eps = [], []
-    for key in keys:
-        words = np.frombuffer(hashlib.blake2b(key.encode(), digest_size=8).digest(), dtype=np.uint32)
-        state = np.random.SeedSequence([seed, step, *words.tolist()]).generate_state(1, dtype=np.uint64)[0]
-        gen = torch.Generator().manual_seed(int(state))
-        z.append(torch.randn(z_dim, generator=gen))
-        eps.append(torch.randn(cond_dim, generator=gen))
-    return torch.stack(z), torch.stack(eps)
 
 
 class GANTrainer:
@@ -137,17 +105,17 @@ class GANTrainer:
         self.best: dict[str, float] = {}
         self.g_model: nn.Module = self.nets.generator
         self.d_models: list[nn.Module] = list(self.nets.discriminators)
-        self.d_for_g = self._recompute_setup(t.recompute)  # how the G update calls each D
+        # Memory policy, installed here once: recomputation (how the G update calls each D) and, on the CPU, the C
+        # heap release around the generator's forward and backward.
+        self.d_for_g = memory.install_recompute(self.nets.generator, self.nets.discriminators, t.recompute)
         if resume is not None:
             self.load_state(resume)
         if world > 1:
-            from t2i.train.distributed import wrap_ddp
-
             self.g_model, self.d_models = wrap_ddp(self.nets.generator, self.nets.discriminators)
         if self.runtime.compile:
             self._compile()
-        from t2i.train.samples import SampleWriter
-
+        if self.runtime.is_cpu:
+            memory.install_heap_release(self.g_model)
         self.samples = (
             SampleWriter(recipe, sample_dataset or dataset, self.vocab, self.run.samples, mask_ids=self.mask_ids)
             if rank == 0
@@ -219,8 +187,6 @@ class GANTrainer:
     # -- one iteration ------------------------------------------------------------------------
     def _check(self, name: str, value: Tensor) -> bool:
         """A loss term before its backward: False when the batch is to be skipped (nan_policy=skip)."""
-        from t2i.train.distributed import all_finite
-
         if all_finite(value, self.world):  # every rank calls this for the same terms: they skip or stop together
             return True
         what = f"loss term {name!r} is {value.item()}"
@@ -285,31 +251,6 @@ class GANTrainer:
         )
         return False
 
-    def _recompute_setup(self, targets: list[str]) -> list[Any]:
-        """Install ``train.recompute`` (t2i/train/recompute.py); -> the discriminators as the G update calls them.
-
-        The G update calls each D's own module, never its DDP wrapper: nothing there needs D's gradients synchronised.
-        """
-        from t2i.train.recompute import Recomputed, mutable_state, recompute_forward
-
-        cores = list(self.nets.discriminators)
-        for target in targets:
-            if target == "discriminators":
-                continue
-            path = target.removeprefix("generator.")
-            try:
-                module = self.nets.generator.get_submodule(path)
-            except AttributeError:
-                children = ", ".join(name for name, _ in self.nets.generator.named_children())
-                raise SetupError(
-                    f"train.recompute: the generator has no submodule {path!r} (its children: {children})"
-                ) from None
-            state, plain = mutable_state(module), module.forward
-            module.forward = functools.partial(recompute_forward, plain, state)  # instance attribute; keys unchanged
-        if "discriminators" in targets:
-            return [Recomputed(d) for d in cores]
-        return cores
-
     def _compile(self) -> None:
         """torch.compile G and (in one process) each D; the parameters are shared, so state dicts are unchanged."""
         self.g_model = self.runtime.compiled(self.g_model)
@@ -321,7 +262,6 @@ class GANTrainer:
     def train_step(self, batch: Batch) -> dict[str, float] | None:
         nets, adv, amp = self.nets, self.nets.adversarial, self.precision.autocast
         self.opt_g.zero_grad(set_to_none=True)  # the last step's G gradients are spent: free them before G's forward
-        self.runtime.release_host_memory()  # what the previous step freed, before this step's generator forward
         batch = self.runtime.batch(batch)
         with amp():
             text = text_features(nets.text_encoder, batch, self.mask_ids)
@@ -334,9 +274,6 @@ class GANTrainer:
         logs: dict[str, float] = {}
         with amp(), gate_logging(self, logs):  # on logged steps, the memory gates' means join the logs
             out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
-        if self.runtime.is_cpu:
-            # When G's backward starts, D's and the encoders' activations are freed: give their heap pages back first.
-            release_before_backward_of(out.images[-1])
 
         # D update per stage, on the detached fakes.
         for i, (d, opt) in enumerate(zip(self.d_models, self.opt_d, strict=True)):
@@ -477,17 +414,53 @@ class GANTrainer:
 
     _eval_set: Any = None
 
+    def evaluate(
+        self,
+        dataset: Any,
+        *,
+        metrics: list[str] | None = None,
+        n: int | None = None,
+        evaluators: dict[str, nn.Module] | None = None,
+        skip_unavailable: bool = True,
+        checkpoint: dict[str, Any] | None = None,
+        keep_items: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Evaluate the EMA generator now on ``dataset``; append the rows to the run's eval.jsonl and return them.
+
+        The judges are ``evaluators``, else the networks the generator trains against (text encoder and frozen ones).
+        With ``keep_items`` each metric's per-image record goes to the run's ``eval_items/`` (paired comparisons).
+        """
+        recipe = self.recipe
+        rows = evaluate_at_step(
+            self.ema.model,
+            self.nets.text_encoder,
+            dataset,
+            metric_specs(recipe, metrics, dataset),
+            step=self.step,
+            trained_against={"text_encoder": self.nets.text_encoder, **self.nets.frozen},
+            z_dim=recipe.model.z_dim,
+            cond_dim=recipe.model.cond_dim,
+            n=n or recipe.eval.n_samples,
+            batch_size=recipe.eval.batch_size,
+            device=self.device,
+            precision=self.precision,
+            evaluators=evaluators,
+            skip_unavailable=skip_unavailable,
+            checkpoint=checkpoint,
+            items_folder=self.run.path if keep_items else None,
+        )
+        append_rows(self.run.path / "eval.jsonl", rows)
+        return rows
+
     def maybe_evaluate(self) -> str | None:
         """Every ``[eval] every_steps``: evaluate EMA G into eval.jsonl; the name of ``best_metric`` if it improved."""
         every = self.recipe.eval.every_steps
         if self.rank != 0 or not every or self.step % every:
             return None
-        from t2i.evaluate import evaluate_trainer
-
         if self._eval_set is None:
             e = self.recipe.eval
             self._eval_set = self.recipe.data.dataset.build(split=e.split, image_sizes=[self.recipe.stage_sizes()[-1]])
-        rows = evaluate_trainer(self, self._eval_set)
+        rows = self.evaluate(self._eval_set)
         for row in rows:
             self.log(f"step {self.step}: {row['metric']} = {row['value']:.4g}")
         target = self.recipe.eval.best_metric
@@ -497,10 +470,9 @@ class GANTrainer:
             name = row["metric"]
             if name != target and name.split(".v")[0] != target:
                 continue
-            lower_is_better = name.startswith("fid")  # distances; every other protocol here is a score
             value = float(row["value"])
             old = self.best.get(name)
-            if old is None or (value < old if lower_is_better else value > old):
+            if old is None or (value > old if higher_is_better(name) else value < old):
                 self.best[name] = value
                 self.log(f"new best {name} = {value:.4g} at step {self.step}")
                 return name

@@ -1,11 +1,11 @@
 """Pretraining of the frozen networks the GAN relies on.
 
 ``damsm``: the text encoder and the DAMSM image encoder's trainable heads, as the originals' pretrain_DAMSM.py
-(training.md §2): word + sentence matching losses unweighted, Adam (0.5, 0.999) re-created every epoch, lr decayed by
-``lr_decay`` after each epoch down to ``lr_floor``, total-norm clip on the text encoder only, both modules in train
-mode (so a frozen Inception trunk's BatchNorm statistics drift, models.md §12 Q11).
+(AttnGAN, Xu et al. 2018, eqs. 7-14): word + sentence matching losses unweighted, Adam (0.5, 0.999) re-created every
+epoch, lr decayed by ``lr_decay`` after each epoch down to ``lr_floor``, total-norm clip on the text encoder only,
+both modules in train mode (so a frozen Inception trunk's BatchNorm statistics drift, as in the originals).
 
-``stream``: the STREAM captioner (training.md §3.1). The originals never released this code; t2i's choices,
+``stream``: the STREAM captioner (MirrorGAN, Qiao et al. 2019). The originals never released this code; t2i's choices,
 documented in docs/training.md: teacher forcing on real training images with the GAN's own vocabulary and caption
 convention, cross-entropy over packed tokens, Adam(lr) on every trainable captioner parameter, and the same image
 preprocessing the captioner sees during GAN training (the recipe's ``imagenet_normalize`` / resize settings), so that
@@ -23,14 +23,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import t2i
-from t2i.build import build_text_encoder
+from t2i.data.loader import make_loader
+from t2i.networks import build_role, build_text_encoder
 from t2i.recipe import Recipe
 from t2i.runtime import Runtime
 from t2i.train import checkpoint as ckpt
 from t2i.train import rng
-from t2i.train.data import make_loader
 from t2i.train.loop import Stop
-from t2i.train.networks import build_role
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
 
@@ -265,7 +264,7 @@ class DamsmPretrainer(Pretrainer):
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.step > 0 or epoch > 0:
-            # The originals create a fresh Adam every epoch (moments reset), training.md §2.3.
+            # The originals create a fresh Adam every epoch (moments reset).
             self.optimizer = self.make_optimizer(self.lr_for_epoch(epoch))
 
     def before_step(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from t2i.batch import Batch
+from t2i.batch import Batch, text_features
 
 
 def fixed_captions(dataset, count: int) -> list[list[int]]:
@@ -38,8 +38,6 @@ def generate(
     generator: nn.Module, text_encoder: nn.Module, captions: Batch, mask_ids: Tensor, noise: Tensor, eps: Tensor
 ):
     """Run G for each caption with the given noise; inputs must be sorted by length (captions.lengths)."""
-    from t2i.train.loop import text_features
-
     text = text_features(text_encoder, captions, mask_ids)
     return generator(noise, text.sentence, text.words, text.mask, eps=eps), text
 

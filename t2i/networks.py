@@ -1,8 +1,12 @@
-"""Turn a resolved recipe into the networks and loss terms of one training run (training.md §4).
+"""Every network of a recipe, built in one place: generator, discriminators, encoders, captioner, loss terms.
 
-The pipeline asks each component what it needs (an alignment term's ``requires``) and never branches on names.
-Frozen networks (text encoder, DAMSM image encoder, STREAM captioner) come from pretraining checkpoints named in
-``[train.pretrained]``; their vocabulary must equal the data set's.
+Each part is built through the registry: ``recipe.model.<part>.build(**runtime)`` calls the registered factory with
+its validated params and the sizes the pipeline owns (widths, stage sizes, vocabulary size). Nothing here knows
+component names; the pipeline asks each component what it needs (an alignment term's ``requires``).
+
+``build_networks`` makes the networks and loss terms of one training run. Pretrained weights load after building:
+frozen networks (text encoder, DAMSM image encoder, STREAM captioner) come from pretraining checkpoints named in
+``[train.pretrained]``, and their vocabulary must equal the data set's.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from t2i.build import build_captioner, build_discriminators, build_generator, build_image_encoder, build_text_encoder
 from t2i.recipe import Recipe
 from t2i.train import checkpoint as ckpt
 
@@ -37,6 +40,53 @@ class Networks:
     adversarial: Any = None
 
 
+# -- one network ------------------------------------------------------------------------------------------------------
+def build_refiner(recipe: Recipe, stage_index: int, size: int) -> nn.Module:
+    """The refiner of generator stage ``stage_index`` (first stage = 0) whose input is ``size``²."""
+    model = recipe.model
+    return model.refiner.build(image_dim=model.gf_dim, word_dim=model.text_dim, cond_dim=model.cond_dim, size=size)
+
+
+def build_generator(recipe: Recipe, **overrides: Any) -> nn.Module:
+    """The generator with the recipe's refiner in every refinement stage (``overrides`` replace runtime kwargs)."""
+    model = recipe.model
+    runtime: dict[str, Any] = {
+        "z_dim": model.z_dim,
+        "cond_dim": model.cond_dim,
+        "text_dim": model.text_dim,
+        "gf_dim": model.gf_dim,
+        "stages": model.stages,
+        "base_size": model.base_size,
+        "refiner": lambda stage_index, size: build_refiner(recipe, stage_index, size),
+    }
+    runtime.update(overrides)
+    return model.generator.build(**runtime)
+
+
+def build_text_encoder(recipe: Recipe, vocab_size: int) -> nn.Module:
+    return recipe.model.text_encoder.build(vocab_size=vocab_size, text_dim=recipe.model.text_dim)
+
+
+def build_discriminators(recipe: Recipe) -> list[nn.Module]:
+    """One discriminator per stage, for images of ``base_size * 2**i``."""
+    model = recipe.model
+    return [
+        model.discriminator.build(df_dim=model.df_dim, text_dim=model.text_dim, size=size)
+        for size in recipe.stage_sizes()
+    ]
+
+
+def build_image_encoder(recipe: Recipe) -> nn.Module | None:
+    component = recipe.model.image_encoder
+    return None if component is None else component.build(text_dim=recipe.model.text_dim)
+
+
+def build_captioner(recipe: Recipe, vocab_size: int) -> nn.Module | None:
+    component = recipe.model.captioner
+    return None if component is None else component.build(vocab_size=vocab_size)
+
+
+# -- the networks of a training run -----------------------------------------------------------------------------------
 def build_role(recipe: Recipe, role: str, vocab_size: int, *, from_checkpoint: bool = False) -> nn.Module:
     """Build the frozen network that plays ``role`` ("image_encoder" or "captioner") from the recipe.
 

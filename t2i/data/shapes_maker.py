@@ -1,4 +1,4 @@
-"""The generator of the synthetic shapes data set (``shapes.v1``, registered in ``t2i.data.shapes``; issue 5 item 4).
+"""Makes the synthetic shapes data set on disk: drawings, captions, files (read by ``shapes.v1`` in t2i/data/shapes.py).
 
 ``make_shapes(out, n, seed, size)`` draws one to three shapes (4 kinds, 6 palette colours, 3 sizes, solid /
 outlined / striped) on a dark, plain or lightly textured background and writes about ten captions per image from
@@ -523,7 +523,7 @@ def _render_with_helpers(jobs: list[tuple[Path, int, int, int, int]], helpers: i
     parts: list[list[tuple[str, int, str]] | None] = [None] * len(jobs)
 
     def feed() -> None:
-        command = [sys.executable, "-c", "from t2i.data.shapes_gen import _helper_main; _helper_main()"]
+        command = [sys.executable, "-c", "from t2i.data.shapes_maker import _helper_main; _helper_main()"]
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # numpy's BLAS threads: unused
         with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) as helper:
             assert helper.stdin is not None and helper.stdout is not None

@@ -1,4 +1,4 @@
-"""Resumable, seeded data order (training.md §1.7: shuffled, drop_last) that also works per rank.
+"""Resumable, seeded data order (shuffled, drop_last, as the originals' loader) that also works per rank.
 
 Every item is drawn with its own seed derived from ``(seed, epoch, index)``, so the random crop, flip and caption
 choice of an item do not depend on worker count or on how many steps ran before: resuming at global batch ``k``
