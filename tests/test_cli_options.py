@@ -179,7 +179,8 @@ def test_eval_weights_dir_is_where_backbone_weights_are_looked_for(run, tmp_path
     empty.mkdir()
     result = invoke("eval", run, "-m", "is", "--n", 4, "--weights-dir", empty)
     assert result.exit_code == 1
-    assert "not found in" in result.output and str(empty) in result.output.replace("\n", "")
+    text = result.output.replace("\n", "")
+    assert "is not in" in text and str(empty) in text and "pt_inception" in text
 
 
 # -- config / components -----------------------------------------------------------------------------------------
@@ -280,12 +281,11 @@ def test_bench_impl_batch_and_interleave(shapes, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert [(r["impl"], r["batch"]) for r in payload["results"]] == [("t2i", 3)] and payload["interleaved"] == []
-    paired = invoke(*common, "--impl", "t2i", "--impl", "t2i-fast", "--no-isolated", "--interleave", 2, "--json", out)
+    paired = invoke(*common, "--impl", "t2i", "--no-isolated", "--interleave", 2, "--json", out)
     assert paired.exit_code == 0, paired.output
     payload = json.loads(out.read_text())
     assert payload["results"] == []  # --no-isolated: no fresh-process cases
-    [rounds] = payload["interleaved"]
-    assert rounds["impls"] == ["t2i", "t2i-fast"] and len(rounds["seconds"][0]["all"]) == 2
+    assert payload["interleaved"] == []  # one implementation: nothing to interleave with (test_bench.py has the pair)
     assert invoke(*common, "--impl", "nope").exit_code == 1
     bad = invoke(*common, "--what", "everything")
     assert bad.exit_code == 1 and "--what 'everything'" in bad.output

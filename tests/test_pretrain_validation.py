@@ -42,8 +42,9 @@ def test_damsm_epochs_report_held_out_losses_and_r_at_1_and_keep_the_best(tmp_pa
     run = run_dirs.create(recipe, tmp_path / "run")
     trainer = DamsmPretrainer(recipe, run, train, quiet=True, val_dataset=held_out)
     trainer.fit()
-    rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
-    val = [r for r in rows if "val/r_at_1" in r]
+    val = [json.loads(line) for line in run.validation_file.read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in run.metrics_file.read_text().splitlines()]
+    assert len(steps) == len(set(steps))  # one row per training step there; validation has its own file
     assert [r["epoch"] for r in val] == [0, 1, 2]
     assert all(r["val/w_loss"] > 0 and r["val/s_loss"] > 0 and 0 <= r["val/r_at_1"] <= 1 for r in val)
     best = max(val, key=lambda r: r["val/r_at_1"])  # first epoch with the highest R@1
@@ -64,6 +65,6 @@ def test_stream_epochs_report_held_out_token_accuracy(tmp_path):
     held_out = recipe.data.dataset.build(split="test", image_sizes=[size])
     run = run_dirs.create(recipe, tmp_path / "run")
     StreamPretrainer(recipe, run, train, quiet=True, val_dataset=held_out).fit()
-    val = [r for r in map(json.loads, run.metrics_file.read_text().splitlines()) if "val/token_accuracy" in r]
+    val = [json.loads(line) for line in run.validation_file.read_text().splitlines()]
     assert [r["epoch"] for r in val] == [0, 1] and all(r["val/loss"] > 0 for r in val)
     assert (run.checkpoints / "best-val_token_accuracy.pt").is_file()

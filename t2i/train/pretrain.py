@@ -14,6 +14,7 @@ it is not surprised by the generator's [-1, 1] images.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,8 @@ class Pretrainer:
         rows = self.validate()
         if not rows:
             return
-        self.run.append_metrics({"step": self.step, "epoch": epoch, **rows})
+        with self.run.validation_file.open("a") as handle:  # metrics.jsonl keeps one row per training step
+            handle.write(json.dumps({"step": self.step, "epoch": epoch, **rows}, sort_keys=True) + "\n")
         line = f"epoch {epoch} validation: " + " ".join(f"{k[4:]}={v:.4g}" for k, v in rows.items())
         key = f"val/{self.best_metric}"
         if key in rows and rows[key] > self.best.get(key, float("-inf")):

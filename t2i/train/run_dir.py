@@ -61,9 +61,14 @@ class RunDir:
         with self.log_file.open("a") as handle:
             handle.write(f"[{stamp}] {line}\n")
 
+    @property
+    def validation_file(self) -> Path:
+        return self.path / "validation.jsonl"
+
     def truncate_logs(self, step: int) -> None:
-        """Keep the rows of metrics.jsonl and eval.jsonl up to ``step``: a resumed run logs the later ones again."""
-        for path in (self.metrics_file, self.path / "eval.jsonl"):
+        """Keep the rows of metrics.jsonl, eval.jsonl and validation.jsonl up to ``step``: a resumed run logs the
+        later ones again."""
+        for path in (self.metrics_file, self.path / "eval.jsonl", self.validation_file):
             truncate_jsonl(path, step)
 
     def record_resume(self, step: int, overrides: list[str], resolved_toml: str) -> None:
@@ -122,7 +127,11 @@ def create(recipe, root: str | Path = "runs", *, run_dir: str | Path | None = No
     resolved = recipe.to_toml()
     if run_dir is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(root) / (recipe.name or "recipe") / f"{stamp}-{recipe_hash(resolved)}"
+        base = Path(root) / (recipe.name or "recipe") / f"{stamp}-{recipe_hash(resolved)}"
+        path, n = base, 1
+        while path.exists():  # the same recipe started twice within one second: a folder of its own each
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
     else:
         path = Path(run_dir)
     if path.exists() and any(path.iterdir()):
