@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "BAR_COLOUR",
+    "GateRow",
     "attention_figure",
     "attention_sheet",
     "bar_chart",
@@ -333,26 +335,84 @@ def _attention_panels(image: Any, maps: Any, n_words: int, cell: int) -> list[Im
     return [_resize(p, cell) for p in panels]
 
 
+@dataclass(frozen=True)
+class GateRow:
+    """What a memory refiner's gates did for one sample at one stage, drawn beside its word maps.
+
+    ``write`` (T,) in [0, 1]: the memory writing gate per word, a bar under each word's map. ``maps``: extra
+    panels after the words, ``(label, (h, w) gate map in [0, 1])``, overlaid on an absolute 0-1 scale (not
+    normalised like the word maps, so 0.2 and 0.8 look different) with a bar of the map's mean under it.
+    """
+
+    write: Any = None
+    maps: Sequence[tuple[str, Any]] = ()
+
+
+def _gate_panels(image: Any, gates: GateRow | None, cell: int) -> list[Image.Image]:
+    if gates is None or not gates.maps:
+        return []
+    pixels = _images_uint8(image, single=True)[0]
+    height, width = pixels.shape[:2]
+    maps = np.stack([_as_array(m) for _, m in gates.maps])
+    if maps.ndim != 3:
+        raise ValueError(f"expected gate maps of shape (h, w), got {tuple(maps.shape[1:])}")
+    heat = _bilinear(np.clip(np.nan_to_num(maps, nan=0.0), 0.0, 1.0), height, width)
+    return [_resize(Image.fromarray(_overlay(pixels, m)), cell) for m in heat]
+
+
+def _draw_gate_bars(
+    draw: ImageDraw.ImageDraw, values: Sequence[float | None], *, x0: int, y: int, cell: int, gap: int, font: Font
+) -> int:
+    """A 0-1 bar and its value under each panel from the first word's (x0) on (None: no bar); returns the y below."""
+    bar = max(4, cell // 14)
+    label, label_font = _fit("gate", _font_size(cell), cell)
+    draw.text(
+        (x0 - cell - gap + max(0, (cell - _text_width(label, label_font)) // 2), y),
+        label,
+        font=label_font,
+        fill=MUTED_COLOUR,
+    )
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        x = x0 + i * (cell + gap)
+        value = float(np.clip(np.nan_to_num(value, nan=0.0), 0.0, 1.0))
+        draw.rectangle([x, y, x + cell - 1, y + bar - 1], fill=GRID_COLOUR)
+        if value > 0:
+            draw.rectangle([x, y, x + max(1, round(value * cell)) - 1, y + bar - 1], fill=BAR_COLOUR)
+        text = f"{value:.2f}"
+        draw.text((x + max(0, (cell - _text_width(text, font)) // 2), y + bar + 1), text, font=font, fill=TEXT_COLOUR)
+    return y + bar + 1 + _line_height(font)
+
+
 def attention_sheet(
     rows: Sequence[tuple[str, Any, Any]],
     words: Sequence[str],
     *,
     cell: int = 96,
     title: str | None = None,
+    gates: Sequence[GateRow | None] | None = None,
 ) -> Image.Image:
     """Attention (or memory-reading) maps of several stages stacked as rows.
 
     Each row is ``(label, image (3, H, W) in [-1, 1], maps (T, h, w))``; it shows the image and then
     one panel per word with that word's map, upsampled bilinearly to H×W, normalised to [0, 1] and
     overlaid as a heat map. ``words`` label the first ``len(words)`` maps (T may include padding).
-    The label is written above its row, e.g. ``"stage 2 (64->128) memory"``.
+    The label is written above its row, e.g. ``"stage 2 (64->128) memory"``. ``gates`` (one ``GateRow``
+    or None per row) adds a memory refiner's write gate under each word and its gate maps after the words.
     """
     if not rows:
         raise ValueError("attention_sheet needs at least one row")
     if cell < 16:
         raise ValueError(f"cell must be >= 16 pixels, got {cell}")
+    gates = list(gates) if gates is not None else [None] * len(rows)
+    if len(gates) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(gates)} gate rows")
     words = list(words)
-    panel_rows = [(label, _attention_panels(image, maps, len(words), cell)) for label, image, maps in rows]
+    panel_rows = [
+        (label, _attention_panels(image, maps, len(words), cell) + _gate_panels(image, g, cell))
+        for (label, image, maps), g in zip(rows, gates, strict=True)
+    ]
     gap = max(3, cell // 24)
     margin = max(8, cell // 10)
     size = _font_size(cell)
@@ -360,33 +420,42 @@ def attention_sheet(
     label_font = _font(round(size * 1.15))
     title_font = _font(round(size * 1.3))
     line = _line_height(font)
-    n_panels = len(words) + 1
+    n_panels = max(len(panels) for _, panels in panel_rows)
     row_width = n_panels * cell + (n_panels - 1) * gap
     width = row_width + 2 * margin
     word_labels = [_fit("image", size, cell)] + [_fit(w, size, cell) for w in words]
     title_lines = _wrap(title, title_font, row_width) if title else []
     label_lines = [_wrap(label, label_font, row_width) if label else [] for label, _ in panel_rows]
+    bar_height = max(4, cell // 14) + 1 + line
 
     height = margin + (_lines_height(len(title_lines), title_font) + margin if title_lines else 0)
-    for lines, (_, panels) in zip(label_lines, panel_rows, strict=True):
+    for lines, (_, panels), g in zip(label_lines, panel_rows, gates, strict=True):
         height += _lines_height(len(lines), label_font) + (gap if lines else 0)
         height += max(p.height for p in panels) + gap + line + margin
+        height += bar_height + gap if g is not None else 0
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
 
     y = margin
     if title_lines:
         y = _draw_lines(draw, title_lines, title_font, x=margin, y=y, width=row_width, align="center") + margin
-    for lines, (_, panels) in zip(label_lines, panel_rows, strict=True):
+    for lines, (_, panels), g in zip(label_lines, panel_rows, gates, strict=True):
         if lines:
             y = _draw_lines(draw, lines, label_font, x=margin, y=y, width=row_width) + gap
         for i, panel in enumerate(panels):
             canvas.paste(panel, (margin + i * (cell + gap), y))
         y += max(p.height for p in panels) + gap
-        for i, (text, word_font) in enumerate(word_labels):
+        gate_labels = [_fit(name, size, cell) for name, _ in g.maps] if g is not None else []
+        for i, (text, word_font) in enumerate(word_labels + gate_labels):
             x = margin + i * (cell + gap) + max(0, (cell - _text_width(text, word_font)) // 2)
-            draw.text((x, y), text, font=word_font, fill=MUTED_COLOUR if i == 0 else TEXT_COLOUR)
-        y += line + margin
+            muted = i == 0 or i > len(words)
+            draw.text((x, y), text, font=word_font, fill=MUTED_COLOUR if muted else TEXT_COLOUR)
+        y += line
+        if g is not None:  # write gate per word, then each gate map's mean
+            write = [None] * len(words) if g.write is None else list(_as_array(g.write).reshape(-1)[: len(words)])
+            means = [float(np.nanmean(_as_array(m))) for _, m in g.maps]
+            y = _draw_gate_bars(draw, write + means, x0=margin + cell + gap, y=y + gap, cell=cell, gap=gap, font=font)
+        y += margin
     return canvas
 
 

@@ -22,6 +22,7 @@ _OPTIONAL_COMMANDS = (
     "t2i.cli.model_io",
     "t2i.cli.train",
     "t2i.cli.sample",
+    "t2i.cli.inspect",
     "t2i.cli.evaluate",
     "t2i.cli.ablate",
     "t2i.cli.bench",

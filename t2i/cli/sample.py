@@ -121,21 +121,23 @@ def sample(
         if not ids:
             raise UserError(f"caption {text!r} has no word the model knows")
         chosen.append(Caption(text, line, vocab.wrap(ids)))
-    images, maps = _generate(recipe, generator, text_encoder, vocab, chosen, n, seed, rt, batch_size)
+    images, maps, gates = _generate(recipe, generator, text_encoder, vocab, chosen, n, seed, rt, batch_size)
     if folder_mode:
-        written = _write_files(out, chosen, images, maps, vocab, n, all_stages, attention is not None)
+        written = _write_files(out, chosen, images, maps, vocab, n, all_stages, attention is not None, gates)
         console.print(f"wrote {len(written)} images to {out} (index: {out / 'index.tsv'})", markup=False)
     else:
-        _write_grid(out, attention, chosen, images, maps, vocab, n)
+        _write_grid(out, attention, chosen, images, maps, vocab, n, gates)
 
 
 def _generate(recipe, generator, text_encoder, vocab, chosen: list[Caption], n: int, seed: int, rt, batch_size: int):
-    """Images per stage and maps per refinement stage (on the CPU, fp32), for caption i's sample k at row i * n + k.
+    """Images per stage, maps per refinement stage and the memory gates by stage number (t2i/refiners/gates.py; on
+    the CPU, fp32), for caption i's sample k at row i * n + k.
 
     One batch of ``batch_size`` is on the device at a time, so device memory does not grow with the sample count.
     """
     import torch
 
+    from t2i.refiners.gates import concat, record_gates, select
     from t2i.train.samples import caption_batch, generate
 
     repeated = [c.tokens for c in chosen for _ in range(n)]
@@ -145,39 +147,50 @@ def _generate(recipe, generator, text_encoder, vocab, chosen: list[Caption], n: 
     mask_ids = torch.tensor(sorted(vocab.mask_ids), device=rt.device)
     stage_images: list[list] = []
     stage_maps: list[list] = []
+    gate_chunks: list[dict] = []
     for start in range(0, len(repeated), batch_size):
         rows = repeated[start : start + batch_size]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # the text encoder wants longest first
         back = torch.tensor(order).argsort()
         batch = rt.batch(caption_batch([rows[i] for i in order], vocab.pad_id))
         index = torch.tensor(order) + start
-        with torch.inference_mode(), rt.precision.autocast():
+        with torch.inference_mode(), rt.precision.autocast(), record_gates(generator) as gates:
             output, _ = generate(generator, text_encoder, batch, mask_ids, rt.images(z[index]), rt.images(eps[index]))
         stage_images.append([im.float().cpu()[back] for im in output.images])
         stage_maps.append([m.float().cpu()[back] for m in output.attention])
+        gate_chunks.append(select(gates, back))
     images = [torch.cat([chunk[s] for chunk in stage_images]) for s in range(len(stage_images[0]))]
-    maps = [torch.cat([chunk[s] for chunk in stage_maps]) for s in range(len(stage_maps[0]))]
-    return images, maps
+    longest = max((m.shape[1] for chunk in stage_maps for m in chunk), default=0)  # batches differ in caption length
+    pad = torch.nn.functional.pad
+    maps = [
+        torch.cat([pad(chunk[s], (0, 0, 0, 0, 0, longest - chunk[s].shape[1])) for chunk in stage_maps])
+        for s in range(len(stage_maps[0]))
+    ]
+    return images, maps, concat(gate_chunks)
 
 
-def _sheet(title: str, images, maps, row: int, words: list[str]):
+def _sheet(title: str, images, maps, row: int, words: list[str], gates: dict | None = None):
     from t2i import viz
+    from t2i.refiners.gates import sheet_row
 
     rows = [
         (f"stage {s + 2}: {images[s + 1].shape[-1]} px", images[s + 1][row], stage[row, : len(words)])
         for s, stage in enumerate(maps)
     ]
-    return viz.attention_sheet(rows, words, title=title) if rows else None
+    marks = [sheet_row((gates or {}).get(s + 2), row, len(words)) for s in range(len(maps))]
+    return viz.attention_sheet(rows, words, title=title, gates=marks) if rows else None
 
 
-def _write_grid(out: Path, attention: Path | None, chosen, images, maps, vocab, n: int) -> None:
+def _write_grid(out: Path, attention: Path | None, chosen, images, maps, vocab, n: int, gates=None) -> None:
     from t2i import viz
 
     viz.save_png(viz.caption_grid(images[-1], [c.text for c in chosen], columns=n), out)
     console.print(f"wrote {out}", markup=False)
     if attention is None:
         return
-    sheets = [_sheet(c.text, images, maps, i * n, [vocab.words[t] for t in c.tokens]) for i, c in enumerate(chosen)]
+    sheets = [
+        _sheet(c.text, images, maps, i * n, [vocab.words[t] for t in c.tokens], gates) for i, c in enumerate(chosen)
+    ]
     sheets = [s for s in sheets if s is not None]
     if sheets:
         viz.save_png(viz.stack_vertical(sheets), attention)
@@ -186,7 +199,9 @@ def _write_grid(out: Path, attention: Path | None, chosen, images, maps, vocab, 
         err_console.print("note: this generator has no attention or memory maps; nothing written", markup=False)
 
 
-def _write_files(folder: Path, chosen, images, maps, vocab, n: int, all_stages: bool, with_maps: bool) -> list[Path]:
+def _write_files(
+    folder: Path, chosen, images, maps, vocab, n: int, all_stages: bool, with_maps: bool, gates=None
+) -> list[Path]:
     """``NNNN_<slug>_s<k>.png`` per caption line NNNN and sample k (``_g<stage>`` per stage with --all-stages)."""
     from t2i import viz
 
@@ -203,7 +218,7 @@ def _write_files(folder: Path, chosen, images, maps, vocab, n: int, all_stages: 
                 written.append(viz.save_png(viz.to_image(images[s][row]), folder / name))
                 index.append(f"{name}\t{c.line}\t{k}\t{s}\t{c.text}\n")
             if with_maps:
-                sheet = _sheet(c.text, images, maps, row, [vocab.words[t] for t in c.tokens])
+                sheet = _sheet(c.text, images, maps, row, [vocab.words[t] for t in c.tokens], gates)
                 if sheet is not None:
                     written.append(viz.save_png(sheet, folder / f"{stem}_s{k}_attention.png"))
     (folder / "index.tsv").write_text("".join(index), encoding="utf-8")

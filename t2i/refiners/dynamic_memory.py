@@ -28,6 +28,7 @@ from t2i.models.blocks import conv1x1
 from t2i.ops import ConcatConv1x1
 from t2i.refiners._masking import masked_word_softmax
 from t2i.refiners.attention import MASK_DESCRIPTION
+from t2i.refiners.gates import GateRecorder
 from t2i.registry import Params, register
 
 UNUSED_CONV_DESCRIPTION = (
@@ -45,8 +46,11 @@ def _conv1d_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv1d(in_channels, out_channels, kernel_size=1, bias=True), nn.ReLU())
 
 
-class DynamicMemory(nn.Module):
-    """Gated memory writing, key addressing, value reading and a sigmoid response gate."""
+class DynamicMemory(GateRecorder, nn.Module):
+    """Gated memory writing, key addressing, value reading and a sigmoid response gate.
+
+    ``last_gates`` (t2i/refiners/gates.py) receives g^w as ``write`` and g^r as ``response`` while recording.
+    """
 
     def __init__(self, params: DynamicMemoryParams, *, image_dim: int, word_dim: int, cond_dim: int, size: int):
         super().__init__()
@@ -74,6 +78,8 @@ class DynamicMemory(nn.Module):
         o, alpha = self.read(r, memory, mask)  # eqs. 5-6
         g_r = self.response_gate((r, o))  # eq. 7, (B, 1, H, W)
         r_new = o * g_r + r * (1 - g_r)
+        if self.last_gates is not None:
+            self._record(response=g_r[:, 0], padding=mask)
         return (r_new, r_new), alpha  # [r^new ; r^new], as the original
 
     def write(self, r: Tensor, words: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,6 +87,8 @@ class DynamicMemory(nn.Module):
         r_bar = r.mean(dim=(2, 3)).detach()
         g_w = torch.sigmoid(self.A(words.transpose(1, 2)).transpose(1, 2) + self.B(r_bar)[:, :, None])  # (B, 1, T)
         memory = self.M_w(words) * g_w + self.M_r(r_bar[:, :, None]) * (1 - g_w)
+        if self.last_gates is not None:
+            self._record(write=g_w[:, 0])
         return memory, r_bar
 
     def read(self, r: Tensor, memory: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:

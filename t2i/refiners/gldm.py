@@ -33,7 +33,10 @@ class GldmParams(Params):
 
 
 class GlobalLocalDynamicMemory(DynamicMemory):
-    """DM-GAN's memory plus a global (sentence) slot and a three-way response gate."""
+    """DM-GAN's memory plus a global (sentence) slot and a three-way response gate.
+
+    While recording (t2i/refiners/gates.py): ``write`` (local g^w), ``write_global`` (g^c) and ``shares`` (γ).
+    """
 
     def __init__(self, params: GldmParams, *, image_dim: int, word_dim: int, cond_dim: int, size: int):
         nn.Module.__init__(self)  # DM-GAN's layers but another response gate, in the original's key order
@@ -52,11 +55,15 @@ class GlobalLocalDynamicMemory(DynamicMemory):
         o_c, _ = self.read_global(r, self.write_global(c_code, r_bar))
         gamma = self.response_gate((r, o, o_c))  # (B, 3, H, W)
         r_new = gamma[:, 0:1] * r + gamma[:, 1:2] * o + gamma[:, 2:3] * o_c
+        if self.last_gates is not None:
+            self._record(shares=gamma, padding=mask)
         return (r_new, r_new), alpha  # [r^new ; r^new], as DM-GAN
 
     def write_global(self, c_code: Tensor, r_bar: Tensor) -> Tensor:
         """The global slot m̄ (B, 2g, 1) from the conditioning code (B, c) and r̄ (B, g)."""
         g_c = torch.sigmoid(self.A_c(c_code) + self.B_c(r_bar))[:, :, None]  # (B, 1, 1)
+        if self.last_gates is not None:
+            self._record(write_global=g_c[:, 0, 0])
         return self.M_c(c_code[:, :, None]) * g_c + self.M_r(r_bar[:, :, None]) * (1 - g_c)
 
     def read_global(self, r: Tensor, memory_c: Tensor) -> tuple[Tensor, Tensor]:

@@ -32,6 +32,7 @@ from t2i.train import memory, rng
 from t2i.train.distributed import all_finite, wrap_ddp
 from t2i.train.ema import EMA, ema_decay
 from t2i.train.finite import NonFiniteError, nonfinite_groups
+from t2i.train.gate_log import gate_logging
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
 from t2i.train.samples import SampleWriter
@@ -270,9 +271,9 @@ class GANTrainer:
             noise = (torch.randn(B, m.z_dim, generator=self.noise), torch.randn(B, m.cond_dim, generator=self.noise))
         z, eps = (t.to(self.device, non_blocking=True) for t in noise)
         self.g_model.train()
-        with amp():
-            out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
         logs: dict[str, float] = {}
+        with amp(), gate_logging(self, logs):  # on logged steps, the memory gates' means join the logs
+            out = self.g_model(z, text.sentence, text.words, text.mask, eps=eps)
 
         # D update per stage, on the detached fakes.
         for i, (d, opt) in enumerate(zip(self.d_models, self.opt_d, strict=True)):

@@ -1,7 +1,8 @@
 """Sample grids during training: fixed captions and fixed noise through the EMA generator.
 
 ``samples/step_NNNNNNNN.png`` shows each caption under its row of samples; ``samples/attention_step_NNNNNNNN.png``
-shows, for the first few captions, each refinement stage's attention or memory-addressing map per word.
+shows, for the first few captions, each refinement stage's attention or memory-addressing map per word (and, for
+the memory refiners, the write gate per word and the response-gate or three-way share maps).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class SampleWriter:
 
     def write(self, generator: nn.Module, step: int, text_encoder: nn.Module | None = None) -> Path:
         from t2i import viz
+        from t2i.refiners.gates import record_gates, sheet_row
 
         text_encoder = text_encoder or self.text_encoder
         assert text_encoder is not None, "SampleWriter needs the text encoder (set .text_encoder)"
@@ -81,7 +83,8 @@ class SampleWriter:
         batch = caption_batch(repeated, self.vocab.pad_id).to(device)
         was_training = generator.training
         generator.eval()
-        out, _text = generate(generator, text_encoder, batch, self.mask_ids, self.z.to(device), self.eps.to(device))
+        with record_gates(generator) as gates:  # memory refiners' gates, drawn beside their maps
+            out, _text = generate(generator, text_encoder, batch, self.mask_ids, self.z.to(device), self.eps.to(device))
         generator.train(was_training)
         grid = viz.caption_grid(out.images[-1].float().cpu(), self.texts, columns=self.columns, title=f"step {step}")
         path = self.folder / f"step_{step:08d}.png"
@@ -99,6 +102,7 @@ class SampleWriter:
                     )
                     for s, maps in enumerate(out.attention)
                 ]
-                sheets.append(viz.attention_sheet(rows, words, title=self.texts[c]))
+                marks = [sheet_row(gates.get(s + 2), index, len(words)) for s in range(len(out.attention))]
+                sheets.append(viz.attention_sheet(rows, words, title=self.texts[c], gates=marks))
             viz.save_png(viz.stack_vertical(sheets), self.folder / f"attention_step_{step:08d}.png")
         return path
