@@ -1,9 +1,9 @@
-"""``t2i compare``: the same captions and noise through several trained models, side by side (issue 7 item 6).
+"""``t2i compare``: the same captions and noise through several trained models, side by side.
 
 Writes ``grid.png`` (rows = captions, columns = models × seeds, headed by recipe names), ``attention.png`` (each
 model's per-stage attention / memory maps for the first caption) and a metrics table over the protocols every model
-was measured with (rows of their ``eval.jsonl`` with the same protocol id; metrics.md "Why numbers from different
-protocols must not share a table").
+was measured with (rows of their ``eval.jsonl`` with the same protocol id; docs/metrics.md, "Why numbers from
+different protocols must not share a table").
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Component registries: one per kind, each mapping versioned names to factories.
 
 This is a leaf module: it imports nothing from t2i, so user code and every other
-module can depend on it without cycles (style.md, design-anchors.md §1.5).
+module can depend on it without cycles. The design follows spaCy's catalogue / confection
+registries: versioned names, typed params validated once, errors that list what exists.
 
 A registered entry holds a factory (usually an ``nn.Module`` class or a function),
 a pydantic ``Params`` model with defaults, a one-line description and where it was

@@ -1,8 +1,8 @@
 """Figures for runs and papers: captioned sample grids, attention/memory maps, ablation bar charts.
 
 The originals save ``Image/G_average_*.png`` with the generated image and its per-word attention maps
-(training.md §4.6); the maps are the ``B × T × H × W`` tensors every refiner returns (models.md §6.3,
-§6.4). This module draws such figures with numpy + PIL only, so it works wherever the package does
+every 1000 training steps; the maps are the ``B × T × H × W`` tensors every refiner returns (docs/models.md,
+refiners). This module draws such figures with numpy + PIL only, so it works wherever the package does
 (no matplotlib). Images are ``(N, 3, H, W)`` or ``(3, H, W)`` in [-1, 1], as torch tensors or numpy
 arrays; tensors are read through ``.detach().cpu()`` so torch itself is never imported here.
 All output is deterministic: same inputs, same pixels.

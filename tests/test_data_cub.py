@@ -1,4 +1,4 @@
-"""CUB- and COCO-layout loading (training.md §1.1-§1.8) on tiny layouts built in tmp_path, and their errors."""
+"""CUB- and COCO-layout loading (the originals' on-disk layouts) on tiny layouts built in tmp_path, and their errors."""
 
 from __future__ import annotations
 

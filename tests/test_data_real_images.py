@@ -1,6 +1,6 @@
-"""A CUB-layout set of real images the loader was never tuned on, with hand-written captions (issue 5, "how it
-will be checked"): it passes ``t2i data check`` and loads through ``cub.v1``; a corrupt copy (truncated JPEG,
-missing caption file, cp1252 caption file) gives one clear message per file.
+"""A CUB-layout set of real images the loader was never tuned on, with hand-written captions: it passes
+``t2i data check`` and loads through ``cub.v1``; a corrupt copy (truncated JPEG, missing caption file, cp1252 caption
+file) gives one clear message per file.
 
 The images are files that ship with installed packages: graph drawings (networkx, a torch dependency), plots
 (sympy, a torch dependency), a binary image (scipy) and, when the Rust docs are installed, two photographs of a

@@ -1,7 +1,9 @@
-"""Trainable parameter counts equal the originals' (models.md §11) at the published configurations.
+"""Trainable parameter counts equal the originals' at the published configurations.
 
-Full-size generators are built (no forward pass). The closed forms of §11.4 are checked at tiny
-widths, for any number of residual blocks and with/without the GLDM and DMM-GAN's unused conv.
+The expected numbers come from building the original networks and counting ``requires_grad`` parameters (DM-GAN's own
+``count_parameters`` rule; docs/models.md lists the totals). Full-size generators are built (no forward pass).
+Closed forms in g, e, c, z and R, derived from the layer shapes, are checked at tiny widths, for any number of
+residual blocks and with/without the GLDM and DMM-GAN's unused conv.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def test_generator_counts_published(
 
 
 def test_dm_gan_breakdown() -> None:
-    """The per-submodule numbers of models.md §11.2 (DM-GAN bird) and the reproduction report's listing."""
+    """The per-submodule numbers of the original DM-GAN bird generator (``cfg/bird_DMGAN.yml``)."""
     generator = build_generator("dm", {}, g=64, res_blocks=2)
     assert trainable(generator.ca_net) == 102_800
     assert trainable(generator.init_stage) == 19_156_736
@@ -76,7 +78,7 @@ def test_text_encoder_count() -> None:
     assert trainable(encoder) == 2_076_220
 
 
-# -- closed forms (models.md §11.4) -----------------------------------------------------------
+# -- closed forms in the widths --------------------------------------------------------------
 def closed_form(refiner: str, *, g: int, e: int, c: int, z: int, R: int, unused_conv: bool = False) -> int:
     ca = 4 * c * e + 4 * c
     init = (z + c) * 512 * g + 1024 * g + 3060 * g * g + 60 * g
@@ -85,7 +87,7 @@ def closed_form(refiner: str, *, g: int, e: int, c: int, z: int, R: int, unused_
     attn = e * g + trunk
     stage = {
         "attention": attn,
-        "glam": attn + g * g + (c * g + g) + 6 * g * g,  # §11.4 writes 100g: the hard-coded c = 100
+        "glam": attn + g * g + (c * g + g) + 6 * g * g,  # 100g in the original: its Linear input is a literal 100
         "dm": e + 2 * e * g + 6 * g * g + 9 * g + 1 + trunk,
         "gldm": e + 2 * e * g + 6 * g * g + 9 * g + 1 + trunk + c + 2 * c * g + 10 * g + 2,
     }[refiner]

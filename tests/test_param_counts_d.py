@@ -1,7 +1,7 @@
-"""Parameter counts of discriminators and alignment networks equal the originals (models.md §11).
+"""Parameter counts of discriminators and alignment networks equal the originals'.
 
 Full-size networks are built on the meta device (counts only: orthogonal init of a 160M-parameter
-D takes minutes on 2 cores); the closed forms of §11.4 are checked on real tiny networks.
+D takes minutes on 2 cores); closed forms in the widths are checked on real tiny networks.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_published_discriminators(name, d, counts):
 
 
 def test_spectral_norm_vectors_are_not_trainable():
-    # models.md §11.1: u + v per D = 8,976 / 18,448 / 37,392 (DM-GAN bird)
+    # the originals' spectral-norm u + v per D = 8,976 / 18,448 / 37,392 (DM-GAN bird)
     for size, expected in zip((64, 128, 256), (8_976, 18_448, 37_392), strict=True):
         assert _frozen(_build_d("sn.v1", 32, 256, size, "meta")) == expected
 

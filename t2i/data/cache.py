@@ -1,7 +1,7 @@
-"""Decoded, pre-resized image cache (issue 5 item 7; the per-item steps are training.md §1.5).
+"""Decoded, pre-resized image cache (docs/data.md, the image cache).
 
-The originals decode and resize every JPEG on every step. The cache does §1.5 steps 1-3 (decode, bbox crop, resize
-the shorter side to ``int(imsize*76/64)``) once per image and stores the uint8 result in one flat memory-mapped
+The originals decode and resize every JPEG on every step. The cache does the first per-item steps (decode, bbox crop,
+resize the shorter side to ``int(imsize*76/64)``) once per image and stores the uint8 result in one flat memory-mapped
 file per split, so a step only crops, flips and resizes a small array. Images keep their own aspect ratio (the
 random crop must see the same area as without the cache), so the file is ragged: ``index.npy`` holds
 ``(offset, height, width)`` per image, height 0 marking an unreadable image (listed in ``bad.json``).

@@ -1,4 +1,4 @@
-"""``coco.v1``: MS-COCO 2014 in the AttnGAN layout (training.md §1.4).
+"""``coco.v1``: MS-COCO 2014 in the AttnGAN layout.
 
 ``images/<key>.jpg`` (train2014 and val2014 together), ``text/<key>.txt``, ``train|test/filenames.pickle``,
 ``captions.pickle`` at the root; no bounding boxes, no class info (class ids 0..N-1), 5 captions per image.

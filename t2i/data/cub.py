@@ -1,4 +1,4 @@
-"""``cub.v1``: CUB-200-2011 birds in the original on-disk layout (training.md §1.1-§1.8).
+"""``cub.v1``: CUB-200-2011 birds in the original on-disk layout (as AttnGAN's ``datasets.py`` reads it).
 
 Reads ``train|test/filenames.pickle`` + ``class_info.pickle``, ``CUB_200_2011/images.txt`` +
 ``bounding_boxes.txt`` (rows matched by order) and ``text/<key>.txt``, or ``captions.pickle`` when present. The

@@ -1,4 +1,5 @@
-"""``folder.v1``: your own images and captions, no pickles needed (design-anchors §3 row 5, §5 item 11).
+"""``folder.v1``: your own images and captions, no pickles needed (users of the
+original AttnGAN / DM-GAN code often ask how to train on their own data).
 
 Layout (see docs/data.md for a worked example)::
 

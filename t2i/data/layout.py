@@ -1,4 +1,4 @@
-"""The CUB-style on-disk layout shared by ``cub.v1``, ``coco.v1`` and ``shapes.v1`` (training.md §1.1-§1.4, §1.8).
+"""The CUB-style on-disk layout shared by ``cub.v1``, ``coco.v1`` and ``shapes.v1``.
 
 ``read_layout`` gathers everything a data set needs into one ``Metadata`` record: per split the keys
 (``<split>/filenames.pickle``, or ``filenames.txt`` with one key per line), class ids (``class_info.pickle``, else
@@ -138,7 +138,7 @@ def _read_keys(split_dir: Path) -> list[str] | None:
 def _read_class_ids(split_dir: Path, count: int) -> list[int]:
     path = split_dir / "class_info.pickle"
     if not path.is_file():
-        return list(range(count))  # one class per image (training.md §1.1)
+        return list(range(count))  # one class per image, the originals' default
     raw = safe_pickle.load(path)
     try:
         ids = [int(v) for v in np.asarray(raw).reshape(-1)]
@@ -233,7 +233,8 @@ def _load_captions_pickle(path: Path, convention: str, splits: dict[str, list[st
             caps = []
             for caption in flat[i * cpi : (i + 1) * cpi]:
                 ids = [int(t) for t in caption]
-                # Convention B pickles store train captions wrapped and test ones bare (§7 item 5): strip.
+                # Convention B pickles store train captions wrapped and test ones bare (as MirrorGAN's
+                # bird_captions.pickle does): strip.
                 if convention == "B" and len(ids) >= 2 and ids[0] == 0 and ids[-1] == 1:
                     ids = ids[1:-1]
                 caps.append(ids)

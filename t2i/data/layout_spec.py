@@ -1,4 +1,5 @@
-"""Where each on-disk layout keeps its files (training.md §1.1). No third-party imports: the shapes generator's
+"""Where each on-disk layout keeps its files (the layouts the original AttnGAN code's
+``datasets.py`` reads; docs/data.md). No third-party imports: the shapes generator's
 helper interpreters read it.
 """
 

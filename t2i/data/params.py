@@ -19,7 +19,7 @@ class DatasetParams(Params):
     words_num: int = Field(18, ge=1, description="caption length limit L for training (WORDS_NUM; B counts specials)")
     eval_words_num: int = Field(25, ge=1, description="caption length limit for the non-train splits")
     captions_per_image: int = Field(10, ge=1, description="captions kept per image (CAPTIONS_PER_IMAGE)")
-    convention: Literal["A", "B"] = Field("A", description="caption convention (training.md §1.3)")
+    convention: Literal["A", "B"] = Field("A", description="caption convention (docs/data.md)")
     cache: bool = Field(True, description="decode and pre-resize images once into a memory-mapped cache")
     cache_dir: str | None = Field(None, description="where the cache lives (default: <root>/.t2i_cache)")
     crop_bbox: bool = Field(False, description="CUB square crop around the bird's bounding box before resizing")

@@ -1,4 +1,4 @@
-"""Read the originals' Python-2 pickles without running arbitrary code (training.md §1.1, §7 item 1).
+"""Read the originals' Python-2 pickles without running arbitrary code.
 
 The shipped ``filenames.pickle``, ``class_info.pickle`` and ``captions.pickle`` hold lists, dicts, strings and
 numbers; ``class_info.pickle`` also holds numpy int64 scalars. ``load`` uses a restricted unpickler:

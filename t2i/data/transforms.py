@@ -1,6 +1,8 @@
-"""Per-item preprocessing, caption sampling and sorted collation (training.md §1.5-§1.7).
+"""Per-item preprocessing, caption sampling and sorted collation.
 
-Images: optional bbox crop (§1.5 step 2) -> resize the shorter side to ``int(imsize*76/64)`` (step 3; this
+The steps are the original AttnGAN code's (``datasets.py``: ``get_imgs``, ``get_caption``, ``prepare_data``).
+
+Images: optional bbox crop -> resize the shorter side to ``int(imsize*76/64)`` (this
 "pre-crop" image is what the cache stores) -> random ``imsize`` crop -> random horizontal flip (data set param
 ``flip``; off for shapes, whose captions say "left of") -> a pyramid of smaller
 sizes resized from the same crop -> [-1, 1]. Items carry uint8 tensors; ``collate_sorted`` converts the whole batch
@@ -46,12 +48,12 @@ class DataError(Exception):
 
 
 def precrop_size(imsize: int) -> int:
-    """Shorter side before the random crop: 304 for 256, 355 for 299 (§1.5 step 3)."""
+    """Shorter side before the random crop: 304 for 256, 355 for 299 (the DAMSM Inception size)."""
     return int(imsize * 76 / 64)
 
 
 def bbox_crop_box(bbox: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """CUB crop around a bbox (x, y, w, h): a 1.5*max(w, h) box, clipped to the image (§1.5 step 2)."""
+    """CUB crop around a bbox (x, y, w, h): a 1.5*max(w, h) box, clipped to the image (the originals' ``get_imgs``)."""
     x, y, w, h = (int(v) for v in bbox)  # the originals truncate bbox values to int
     r = int(np.maximum(w, h) * 0.75)
     cx, cy = int((2 * x + w) / 2), int((2 * y + h) / 2)
@@ -132,10 +134,10 @@ def sample_caption(
     convention: str,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, int]:
-    """Pick one caption uniformly and apply the length rule of §1.6. -> (caption (L,) int64, cap_len).
+    """Pick one caption uniformly and apply the originals' length rule. -> (caption (L,) int64, cap_len).
 
     ``captions`` hold bare word ids (no specials). A: pad 0, ``cap_len = n``; B: ``<start> w.. <end>``, pad 2,
-    ``cap_len = n + 2``. Longer captions keep a random, order-preserving subset of their words.
+    ``cap_len = n + 2``. Longer captions keep a random, order-preserving subset of their words (``get_caption``).
     """
     choice = int(torch.randint(0, len(captions), (1,), generator=generator))
     words = np.asarray(captions[choice], dtype=np.int64)
@@ -158,7 +160,7 @@ def sample_caption(
 
 
 def collate_sorted(items: Sequence[Item]) -> Batch:
-    """Stack items and sort them by caption length, descending (§1.7). Works for a batch of one."""
+    """Stack items and sort them by caption length, descending, as packed RNNs need. Works for a batch of one."""
     lengths = torch.tensor([item[2] for item in items], dtype=torch.int64)
     order = torch.argsort(lengths, descending=True, stable=True)
     num_scales = len(items[0][0])

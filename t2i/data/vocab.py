@@ -1,4 +1,5 @@
-"""Vocabulary and caption tokenisation (training.md §1.2 steps 1-7, §1.3 conventions A and B).
+"""Vocabulary and caption tokenisation (the original AttnGAN code's ``load_captions`` and
+``build_dictionary``; conventions A and B of docs/data.md).
 
 Tokenisation is the originals': replace U+FFFD U+FFFD with a space, lower-case, NLTK ``RegexpTokenizer(r"\\w+")``
 (which is ``re.findall`` with that pattern), keep only ASCII characters, drop empty tokens.
@@ -74,7 +75,7 @@ class Vocabulary:
 
     @property
     def mask_ids(self) -> frozenset[int]:
-        """Token ids that attention/memory masks treat as "no word" (training.md §1.3)."""
+        """Token ids that attention/memory masks treat as "no word" (docs/data.md, caption conventions)."""
         return frozenset(range(self.num_specials))
 
     def __len__(self) -> int:

@@ -1,4 +1,4 @@
-"""STREAM captioner: the re-description network of MirrorGAN / DMM-GAN (models.md §5, training.md §3).
+"""STREAM captioner: the re-description network of MirrorGAN (Qiao et al., CVPR 2019), reused by DMM-GAN.
 
 Show-and-Tell style (Vinyals et al. 2015), as the originals' CAPTION_CNN + CAPTION_RNN:
 
@@ -6,7 +6,8 @@ Show-and-Tell style (Vinyals et al. 2015), as the originals' CAPTION_CNN + CAPTI
   BatchNorm1d(E, momentum 0.01). Backbone ``resnet152``: torchvision's ResNet-152 minus its fc,
   frozen ImageNet weights from a local file (F = 2048); ``small``: a little trainable CNN for the
   synthetic data set. The [-1, 1] image is bilinearly resized to ``resize`` and, like the
-  originals, NOT ImageNet-normalised unless ``imagenet_normalize`` (Q10).
+  originals, NOT ImageNet-normalised unless ``imagenet_normalize`` (although the
+  captioner was pretrained on ImageNet-normalised crops).
 * ``decoder``: ``embed`` Embedding(V, E), ``lstm`` LSTM(E -> H, batch_first), ``linear`` H -> V.
   Teacher forcing: inputs [f, embed(tok_0), ..., embed(tok_{L-2})] packed with the caption
   lengths (the last token is never an input); logits come out in packed, time-major order,
@@ -53,7 +54,7 @@ class StreamCaptionerParams(Params):
     )
     small_width: int = Field(32, description="Base width of the 'small' backbone.")
     resize: int | None = Field(224, description="Bilinear resize of the input image (None: keep its size).")
-    imagenet_normalize: bool = Field(False, description="Apply ImageNet mean/std (the originals do not, Q10).")
+    imagenet_normalize: bool = Field(False, description="Apply ImageNet mean/std (the originals do not).")
 
 
 def _small_backbone(width: int) -> nn.Sequential:

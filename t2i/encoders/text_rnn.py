@@ -1,4 +1,4 @@
-"""``rnn.v1``: the DAMSM bidirectional-LSTM text encoder (models.md §3; AttnGAN §3.3 "text encoder").
+"""``rnn.v1``: the DAMSM bidirectional-LSTM text encoder (AttnGAN, Xu et al., CVPR 2018, DAMSM "text encoder").
 
 Embedding(V, 300) (init U(-0.1, 0.1)) → Dropout on the embeddings → packed bidirectional 1-layer
 LSTM (or GRU) with e/2 units per direction → unpacked. Word features are ``[h_fwd_t ; h_bwd_t]``

@@ -1,14 +1,15 @@
-"""Conditional + unconditional adversarial loss of all four models (training.md §4.2, §4.3; models.md §8).
+"""Conditional + unconditional adversarial loss of all four models.
 
-D outputs are sigmoid probabilities and every term is a BCE (mean), as in the originals
-(training.md §7 item 15). Per stage, with U the unconditional head, C(·, s) the conditional head
-and s the raw sentence embedding:
+The joint form of StackGAN++ (Zhang et al., 2018) as AttnGAN (Xu et al., CVPR 2018) and its successors use it.
+D outputs are sigmoid probabilities and every term is a BCE (mean), as in the originals (a logits + BCEWithLogits
+form is equal in exact arithmetic but not bit-identical). Per stage, with U the unconditional head, C(·, s) the
+conditional head and s the raw sentence embedding:
 
     L_D = ½[BCE(U(x),1) + BCE(C(x,s),1)] + ⅓[BCE(U(x̂),0) + BCE(C(x̂,s),0) + BCE(C(x_{0..B-2}, s_{1..B-1}),0)]
     L_G = BCE(U(x̂),1) + BCE(C(x̂,s),1)
 
 Without an unconditional head: ``L_D = BCE(C(x,s),1) + ½[BCE(C(x̂,s),0) + BCE(wrong,0)]``. The
-mismatched ("wrong") pairs are in-batch neighbours after length sorting (item 14). D is called in
+mismatched ("wrong") pairs are in-batch neighbours after length sorting, with no class check. D is called in
 the originals' order — D(real), D(fake), C real, C fake, C wrong, U real, U fake — so BatchNorm
 statistics and spectral-norm u/v evolve exactly as in the original code.
 """

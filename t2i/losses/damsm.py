@@ -1,4 +1,4 @@
-"""DAMSM word and sentence matching losses (AttnGAN, Xu et al. 2018, eqs. 7-14; training.md §2.2, §4.3).
+"""DAMSM word and sentence matching losses (AttnGAN, Xu et al., CVPR 2018, eqs. 7-14).
 
 Word level, for image i (regions v_r, r = 1..N = 17·17) and caption k (words e_t, t = 1..T_k):
 
@@ -7,8 +7,8 @@ Word level, for image i (regions v_r, r = 1..N = 17·17) and caption k (words e_
 3. α_{t,r} = softmax_r(γ1 · s̄_{t,r}); c_t = Σ_r α_{t,r} v_r   (eq. 9)
 4. R(c_t, e_t) = cos(c_t, e_t); R_w(i,k) = log Σ_t exp(γ2 · R(c_t, e_t))   (eq. 10)
 
-The code omits the paper's 1/γ2 in step 4 (training.md §7 item 12); we keep the code's form so
-released encoders and their tuned γ's stay comparable. Scores are scaled by γ3 (eq. 11), other
+The original code (``words_loss`` in AttnGAN's ``miscc/losses.py``) omits the paper's 1/γ2 in step 4; we keep
+its form so released encoders and their tuned γ's stay comparable. Scores are scaled by γ3 (eq. 11), other
 same-class pairs are set to −∞ (class masking), and cross-entropy runs both ways: images pick
 captions (loss0, eq. 12) and captions pick images (loss1, eq. 13). Sentence level uses
 cos(v̄_i, ē_k) the same way (eq. 14). The registered ``damsm.v1`` alignment term adds

@@ -1,4 +1,4 @@
-"""KL term of conditioning augmentation (training.md §4.3; StackGAN's CA, models.md §6.1).
+"""KL term of conditioning augmentation (StackGAN, Zhang et al., ICCV 2017), added to the generator loss.
 
 ``L_KL = -½ · mean(1 + log σ² - μ² - σ²)`` over all batch × c elements: a mean, not a sum,
 as all four originals compute it (their KL coefficient is 1).

@@ -1,4 +1,4 @@
-"""STREAM caption re-description loss (MirrorGAN, Qiao et al. 2019, eq. 9; training.md §3.2).
+"""STREAM caption re-description loss (MirrorGAN, Qiao et al., CVPR 2019, eq. 9).
 
 ``L_stream = weight · CE(captioner(f(x̂), captions), captions)``: the frozen captioner encodes the
 last fake image, is teacher-forced on the batch's captions, and the mean cross-entropy over all

@@ -1,4 +1,4 @@
-"""Evaluation metrics, each a registered, versioned protocol (issue 7; metrics.md §2).
+"""Evaluation metrics, each a registered, versioned protocol (docs/metrics.md).
 
 The registry imports this package for the ``metric`` kind; importing the modules registers them.
 """

@@ -1,13 +1,15 @@
-"""Inception-v3 backbones for FID and IS, built from local weight files only (metrics.md §2.1, §2.6).
+"""Inception-v3 backbones for FID and IS, built from local weight files only (docs/metrics.md, backbone weights).
 
 * ``fid_inception``: the TF-2015 FID Inception as pytorch-fid ports it (``pt_inception-2015-12-05-6726825d.pth``;
   torch-fidelity ships the same weights as ``weights-inception-2015-12-05-6726825d.pth``). The architecture comes from
   pytorch-fid (``FIDInceptionA/C/E_1/E_2`` patches of torchvision's Inception3); only the loading is ours, because
   pytorch-fid can only fetch the file from the network.
 * ``torchvision_inception``: torchvision's ImageNet ``inception_v3_google`` weights, the backbone of the 2018
-  pytorch-fid snapshot that DM-GAN's ``eval/FID`` uses (training.md §5.4).
+  pytorch-fid snapshot that DM-GAN's ``eval/FID/fid_score.py`` uses (pytorch-fid commit 802da39, before it moved to
+  the TF FID weights).
 * ``classifier_inception``: a torchvision Inception3 with a user-given number of classes (e.g. a PyTorch port of the
-  CUB fine-tuned bird-IS model, which t2i cannot ship: the original is a TF1-slim checkpoint, metrics.md §2.2).
+  CUB fine-tuned bird-IS model, which t2i cannot ship: the original is a TF1-slim checkpoint of the
+  StackGAN-inception-model code).
 
 The files are weights manifest entries (``fid_inception``, ``inception_v3_imagenet``): looked up in the weights folder
 and, when absent, fetched there on first use (t2i/weights.py). Offline, or with ``T2I_OFFLINE=1``, a missing file

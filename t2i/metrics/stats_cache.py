@@ -1,4 +1,4 @@
-"""Cache of real-image feature statistics (FID mu, Sigma), keyed by what they depend on (metrics.md §2.7).
+"""Cache of real-image feature statistics (FID mu, Sigma), keyed by what they depend on.
 
 Key = SHA-256 of (protocol name, backbone weights hash, data set file-list hash, image size, ...); the key goes into
 the protocol record, so two results that share it were compared against the same real statistics.

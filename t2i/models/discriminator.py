@@ -1,4 +1,4 @@
-"""Per-scale discriminators D64 / D128 / D256 / ... (models.md §7, §9; training.md §4.2).
+"""Per-scale discriminators D64 / D128 / D256 / ... (the originals' ``D_NET64`` / ``D_NET128`` / ``D_NET256``).
 
 One graph, two normalisation flavours:
 
@@ -77,7 +77,7 @@ class _CondHead(nn.Module):
         self.outlogits = nn.Sequential(nn.Conv2d(8 * d, 1, kernel_size=4, stride=4), nn.Sigmoid())
 
     def forward(self, code: Tensor, sentence: Tensor) -> Tensor:  # (B, 8d, 4, 4), (B, e) -> (B,)
-        # The originals tile to a literal 4×4 (Q6); the code's own size is the same thing for 64·2^k inputs.
+        # The originals tile to a literal 4×4; the code's own size is the same thing for 64·2^k inputs.
         tiled = sentence[:, :, None, None].expand(-1, -1, code.size(2), code.size(3))
         joint = self.jointConv(torch.cat((code, tiled), dim=1))  # condition AFTER the image code
         return self.outlogits(joint).view(-1)
@@ -144,7 +144,7 @@ class Discriminator(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """The originals' ``weights_init`` (models.md §9), also reaching spectral-norm ``weight_bar``.
+    """The originals' ``weights_init`` (``miscc/utils.py``), also reaching spectral-norm ``weight_bar``.
 
     Conv*: orthogonal, gain 1 (conv biases keep PyTorch defaults); BatchNorm: weight N(1, 0.02),
     bias 0; Linear: orthogonal, bias 0.

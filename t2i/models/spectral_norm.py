@@ -1,6 +1,6 @@
-"""Spectral normalisation as the DM-GAN / DMM-GAN discriminators do it (models.md §7, §12 Q14).
+"""Spectral normalisation as the DM-GAN / DMM-GAN discriminators do it.
 
-Miyato et al. 2018: ``W_SN = W / σ(W)`` with σ estimated by power iteration. This is the
+Miyato et al., ICLR 2018: ``W_SN = W / σ(W)`` with σ estimated by power iteration. This is the
 originals' own wrapper (``spectral.py``), not ``torch.nn.utils.spectral_norm``:
 
 * the wrapped module keeps three Parameters under the original names: ``weight_bar`` (the

@@ -8,7 +8,7 @@ Layout (``format_version`` 1)::
                 "text_encoder": sd, "image_encoder": sd, "captioner": sd},   # only those present
      "optimizers": {...}, "rng": {...}, "data": {...}, "metrics": {...}}
 
-Nothing in it needs arbitrary unpickling (design-anchors.md §4.3), so every file loads with
+Nothing in it needs arbitrary unpickling (tensors, numbers, strings and plain containers only), so every file loads with
 ``torch.load(weights_only=True)``.
 """
 

@@ -1,4 +1,4 @@
-"""Exponential moving average of the generator (training.md §4.5; StyleGAN's half-life option).
+"""Exponential moving average of the generator (as the originals' trainers keep it; StyleGAN's half-life option).
 
 The originals average parameters only (decay 0.999, no bias correction) and pair the averaged parameters with the
 live BatchNorm buffers; ``include_buffers`` averages the floating-point buffers too.

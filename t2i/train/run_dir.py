@@ -1,4 +1,7 @@
-"""Run folders: ``runs/<recipe>/<YYYYmmdd-HHMMSS>-<hash8>/`` that explain themselves (design-anchors.md §4.2)."""
+"""Run folders: ``runs/<recipe>/<YYYYmmdd-HHMMSS>-<hash8>/`` that explain themselves.
+
+One folder per run holds everything about it, as StyleGAN, timm and Hydra keep their runs.
+"""
 
 from __future__ import annotations
 
