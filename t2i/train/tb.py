@@ -37,7 +37,7 @@ def _writer_class():
     except ImportError as exc:  # torch's module imports the tensorboard package
         raise TensorBoardMissingError(
             f"[log] tensorboard = true needs the tensorboard package, which is not installed ({exc}). "
-            f"Install it with `{INSTALL_HINT}`, or run with --set log.tensorboard=false"
+            f"Install it with: {INSTALL_HINT} (or run with --set log.tensorboard=false)"
         ) from None
     return SummaryWriter
 
