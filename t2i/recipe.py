@@ -221,6 +221,14 @@ class RuntimeSection(Section):
     compile: bool = Field(False, description="torch.compile the generator and the discriminators")
 
 
+class LogSection(Section):
+    """Extra copies of what a run logs; metrics.jsonl and the run folder's files are always written."""
+
+    tensorboard: bool = Field(
+        False, description="also write TensorBoard event files to RUN/tensorboard/ (pip install 't2i[tensorboard]')"
+    )
+
+
 class Recipe(Section):
     """A whole experiment: data, model, training, evaluation."""
 
@@ -234,6 +242,7 @@ class Recipe(Section):
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    log: LogSection = Field(default_factory=LogSection)
 
     _source: str = PrivateAttr(default="<recipe>")
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -35,7 +35,8 @@ from t2i.train.finite import NonFiniteError, nonfinite_groups
 from t2i.train.gate_log import gate_logging
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
-from t2i.train.samples import SampleWriter
+from t2i.train.samples import SampleWriter, sheet_paths
+from t2i.train.tb import RunLogger
 
 
 class NonFiniteLossError(NonFiniteError):
@@ -323,6 +324,7 @@ class GANTrainer:
                 self.progress.print(line)
 
     progress: Progress | None = None
+    tb = RunLogger()  # TensorBoard copy of the logs: opened by `fit` when [log] tensorboard is on (rank 0)
 
     def fit(self, steps: int | None = None, stop: Stop | None = None) -> Path:
         t = self.recipe.train
@@ -356,7 +358,8 @@ class GANTrainer:
             self.run.record_runtime(self.runtime.info())
         last_path = self.run.checkpoints / "last.pt"
         window_start, window_images = time.perf_counter(), 0
-        with self.progress:
+        self.tb = RunLogger.open(self.recipe, self.run.path, self.step, enabled=self.rank == 0)
+        with self.progress, self.tb:
             iterator = iter(loader)
             while self.step < total:
                 batch = next(iterator)
@@ -382,11 +385,13 @@ class GANTrainer:
                         **{k: v for k, v in logs.items() if math.isfinite(v)},
                     }
                     self.run.append_metrics(row)
+                    self.tb.scalars(row)
                     if not self.progress.live:
                         self.log(_format_line(self.step, total, row))
                     window_start, window_images = time.perf_counter(), 0
                 if self.samples is not None and (self.step % t.sample_every == 0 or self.step == total):
                     self.samples.write(self.ema.model, self.step)
+                    self.tb.images(self.step, sheet_paths(self.samples.folder, self.step))
                 improved = self.maybe_evaluate()
                 periodic = self.step % t.checkpoint_every == 0
                 if periodic or self.step == total or stop.signal_name or improved:
@@ -461,6 +466,7 @@ class GANTrainer:
             e = self.recipe.eval
             self._eval_set = self.recipe.data.dataset.build(split=e.split, image_sizes=[self.recipe.stage_sizes()[-1]])
         rows = self.evaluate(self._eval_set)
+        self.tb.evaluation(rows)
         for row in rows:
             self.log(f"step {self.step}: {row['metric']} = {row['value']:.4g}")
         target = self.recipe.eval.best_metric

@@ -33,6 +33,7 @@ from t2i.train import rng
 from t2i.train.loop import Stop
 from t2i.train.progress import Progress
 from t2i.train.run_dir import RunDir
+from t2i.train.tb import RunLogger
 
 
 class Pretrainer:
@@ -129,6 +130,7 @@ class Pretrainer:
             return
         with self.run.validation_file.open("a") as handle:  # metrics.jsonl keeps one row per training step
             handle.write(json.dumps({"step": self.step, "epoch": epoch, **rows}, sort_keys=True) + "\n")
+        self.tb.scalars({"step": self.step, **rows})  # the val/ values (the epoch is in the training rows)
         line = f"epoch {epoch} validation: " + " ".join(f"{k[4:]}={v:.4g}" for k, v in rows.items())
         key = f"val/{self.best_metric}"
         if key in rows and rows[key] > self.best.get(key, float("-inf")):
@@ -138,6 +140,8 @@ class Pretrainer:
         self.run.log(line)
         if not bar.live:
             bar.print(line)
+
+    tb = RunLogger()  # TensorBoard copy of the logs: opened by `fit` when [log] tensorboard is on
 
     @property
     def settings(self):
@@ -196,7 +200,9 @@ class Pretrainer:
         last = keeper.last
         sums: dict[str, float] = {}
         count, window_start = 0, time.perf_counter()
-        with Progress(total, start=self.step, enabled=not self.quiet, description=f"pretrain {self.kind}") as bar:
+        self.tb = RunLogger.open(self.recipe, self.run.path, self.step)
+        bar = Progress(total, start=self.step, enabled=not self.quiet, description=f"pretrain {self.kind}")
+        with bar, self.tb:
             iterator = iter(loader)
             while self.step < total:
                 if self.step % self.per_epoch == 0:
@@ -229,6 +235,7 @@ class Pretrainer:
                         **{k: v / count for k, v in sums.items()},
                     }
                     self.run.append_metrics(row)
+                    self.tb.scalars(row)
                     line = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step",))
                     self.run.log(f"step {self.step}/{total} {line}")
                     if not bar.live:

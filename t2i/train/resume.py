@@ -22,6 +22,7 @@ RESUMABLE = (
     "train.threads",
     "data.workers",
     "eval.",
+    "log.",  # extra copies of the logs (TensorBoard)
     "runtime.",  # device, precision, memory format, compile: the same weights continue elsewhere
 )
 

@@ -42,6 +42,12 @@ def generate(
     return generator(noise, text.sentence, text.words, text.mask, eps=eps), text
 
 
+def sheet_paths(folder: Path, step: int) -> dict[str, Path]:
+    """The files ``SampleWriter.write`` makes at ``step`` (the attention sheet only for refiners with maps)."""
+    folder = Path(folder)
+    return {"samples": folder / f"step_{step:08d}.png", "attention": folder / f"attention_step_{step:08d}.png"}
+
+
 class SampleWriter:
     def __init__(
         self,
@@ -87,7 +93,8 @@ class SampleWriter:
             out, _text = generate(generator, text_encoder, batch, self.mask_ids, self.z.to(device), self.eps.to(device))
         generator.train(was_training)
         grid = viz.caption_grid(out.images[-1].float().cpu(), self.texts, columns=self.columns, title=f"step {step}")
-        path = self.folder / f"step_{step:08d}.png"
+        paths = sheet_paths(self.folder, step)
+        path = paths["samples"]
         viz.save_png(grid, path)
         if out.attention:
             sheets = []
@@ -104,5 +111,5 @@ class SampleWriter:
                 ]
                 marks = [sheet_row(gates.get(s + 2), index, len(words)) for s in range(len(out.attention))]
                 sheets.append(viz.attention_sheet(rows, words, title=self.texts[c], gates=marks))
-            viz.save_png(viz.stack_vertical(sheets), self.folder / f"attention_step_{step:08d}.png")
+            viz.save_png(viz.stack_vertical(sheets), paths["attention"])
         return path

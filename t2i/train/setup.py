@@ -18,7 +18,7 @@ from t2i import recipe as recipe_mod
 from t2i.recipe import Recipe
 from t2i.runtime import Runtime, warn_once
 from t2i.train import checkpoint as ckpt
-from t2i.train import distributed
+from t2i.train import distributed, tb
 from t2i.train import run_dir as run_dirs
 from t2i.train.distributed import DistInfo
 from t2i.train.lock import RunLock
@@ -117,6 +117,7 @@ def prepare_run(
     A GAN run joins the process group torchrun describes; only rank 0 creates the folder, locks it and writes.
     ``log`` gets progress lines, ``note`` remarks (a stale lock taken over, a failed start removed).
     """
+    tb.require(recipe)  # [log] tensorboard without the package: an error before anything is made or loaded
     if kind == "gan":
         runtime = runtime or Runtime.from_section(recipe.runtime, local_rank=distributed.local_rank_from_env())
         warn_once(runtime.warn())
