@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``python -m t2i`` with ``cwd`` as the working folder (t2i itself still importable from this checkout)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # No empty entry: an empty PYTHONPATH component means "the working folder", which is what is under test.
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.run([sys.executable, "-m", "t2i", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
@@ -231,7 +233,9 @@ def test_resume_prints_the_files_it_skipped(tmp_path):
         (keeper.folder / "step_00000002.pt").write_bytes(b"PK")
         print(keeper.latest_good()["step"])
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # No empty entry: an empty PYTHONPATH component means "the working folder", which is what is under test.
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "1"
