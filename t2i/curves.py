@@ -109,7 +109,7 @@ def curve(path: str | Path, metric: str, x: str) -> Curve:
     xs = [statistics.fmean(points[s][0] for _, points in per_run) for s in common]
     values = [[points[s][1] for _, points in per_run] for s in common]
     return Curve(
-        f"{folder.name}: mean of {len(runs)} seeds, band min–max",
+        f"{folder.name}: mean of {len(runs)} seeds, band min-max",
         per_run[0][0],
         xs,
         [statistics.fmean(v) for v in values],

@@ -87,7 +87,7 @@ def test_eval_rows_carry_images_flops_and_seconds_across_resume(data_root, tmp_p
     assert [r["images_seen"] for r in rows] == [4 * s for s in (1, 2, 3, 4)]  # steps x global batch (4)
     assert [r["train_flops"] for r in rows] == [per_step * s for s in (1, 2, 3, 4)]
     seconds = [r["train_seconds"] for r in rows]
-    assert all(b > a for a, b in zip(seconds, seconds[1:])) and seconds[0] > 0
+    assert all(b > a for a, b in zip(seconds[:-1], seconds[1:], strict=True)) and seconds[0] > 0
 
     first = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "b"), dataset, quiet=True)
     first.fit(steps=2)
@@ -192,7 +192,7 @@ def test_curve_points_best_and_seed_band(tmp_path):
     band = curve(seeds, "fid", "images")
     assert band.seeds == 2 and band.xs == [8.0, 16.0, 24.0]
     assert band.ys == [32.0, 21.0, 22.0] and band.low == [30.0, 20.0, 18.0] and band.high == [34.0, 22.0, 26.0]
-    assert band.best == 1 and "min–max" in band.label
+    assert band.best == 1 and "min-max" in band.label
 
 
 def test_plot_command_writes_png_with_best_marker(tmp_path):
