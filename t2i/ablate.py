@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from t2i import recipe as recipe_mod
+from t2i.data.holdout import build_split
 from t2i.registry import get_registry
 
 __all__ = [
@@ -422,7 +423,7 @@ def run_ablation(spec: AblationSpec, log: Callable[[str], None] = print) -> tupl
             log(f"  {variant.label} seed {seed}: done before, skipped")
             continue
         if train_set is None:
-            train_set = base.data.dataset.build(split="train", image_sizes=sizes)
+            train_set = build_split(base, "train", sizes)  # less the selection items, as `t2i train` trains
             test_set = base.data.dataset.build(split=base.eval.split, image_sizes=[sizes[-1]])
             evaluators = shared_evaluators(recipe, train_set.vocab)
         rows, seconds = run_variant(recipe, run_folder, train_set, test_set, evaluators, spec.metrics, spec.n)

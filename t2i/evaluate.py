@@ -44,6 +44,7 @@ __all__ = [
     "load_items",
     "load_model",
     "metric_specs",
+    "pick_checkpoint",
     "protocol_id",
     "read_rows",
     "save_items",
@@ -75,6 +76,35 @@ class LoadedModel:
 
     def checkpoint_record(self) -> dict[str, Any]:
         return {"sha256": sha256_file(self.path), "path": str(self.path), "step": int(self.state.get("step", 0))}
+
+
+def pick_checkpoint(run: str | Path, which: str) -> Path:
+    """A run folder's checkpoint by name: ``last``, ``best`` (the ``best-<metric>.pt`` in-training evaluation kept;
+    the recipe's ``best_metric`` when there are several), ``best-<metric>``, or a file name in ``checkpoints/``."""
+    folder = Path(run) / "checkpoints"
+    if not Path(run).is_dir():
+        raise EvalSetupError(f"--checkpoint {which} goes with a run folder; {run} is not one (give the file itself)")
+    bests = sorted(folder.glob("best-*.pt"))
+    if which == "best":
+        if len(bests) > 1:
+            from t2i import recipe as recipe_mod
+
+            target = recipe_mod.read_toml(Path(run) / "config.resolved.toml").get("eval", {}).get("best_metric")
+            bests = [p for p in bests if target and p.stem[5:].split(".v")[0] == target.split(".v")[0]] or bests
+        if len(bests) == 1:
+            return bests[0]
+        if not bests:
+            raise EvalSetupError(
+                f"{folder} has no best-<metric>.pt: the run kept none (set [eval] every_steps and best_metric "
+                "before training); give --checkpoint last or a file name"
+            )
+        raise EvalSetupError(f"{folder} has several best checkpoints ({', '.join(p.name for p in bests)}); name one")
+    name = which if which.endswith(".pt") else f"{which}.pt"
+    path = folder / name
+    if not path.is_file():
+        present = ", ".join(sorted(p.name for p in folder.glob("*.pt"))) or "none"
+        raise EvalSetupError(f"no checkpoint {name} in {folder}; there are: {present}")
+    return path
 
 
 def load_model(checkpoint: str | Path, *, ema: bool = True, runtime: Any = None) -> LoadedModel:

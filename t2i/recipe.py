@@ -207,9 +207,18 @@ class EvalSection(Section):
     metrics: list[Component] = components_list("metric")
     n_samples: int = Field(30000, ge=1)
     batch_size: int = Field(10, ge=1)
-    split: str = "test"
+    split: str = Field("test", description="the split `t2i eval` reports on")
     every_steps: int | None = Field(None, ge=1, description="evaluate during training every N steps")
     best_metric: str | None = Field(None, description="metric whose best value keeps a 'best' checkpoint")
+    selection_split: Literal["val", "test"] = Field(
+        "val",
+        description="what in-training evaluation and the best checkpoint use: 'val' (items carved from the training "
+        "split, never trained on) or 'test' (the originals' way: chosen on the split that is reported)",
+    )
+    val_size: int | None = Field(
+        None, ge=1, description="training items set aside as 'val' (default 5% of them, at most 1000)"
+    )
+    val_seed: int = Field(0, description="which training items go to 'val' (a seeded hash of their keys)")
 
 
 class RuntimeSection(Section):

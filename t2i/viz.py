@@ -1,4 +1,4 @@
-"""Figures for runs and papers: captioned sample grids, attention/memory maps, ablation bar charts.
+"""Figures for runs and papers: captioned sample grids, attention/memory maps, ablation bar charts, metric curves.
 
 The originals save ``Image/G_average_*.png`` with the generated image and its per-word attention maps
 every 1000 training steps; the maps are the ``B × T × H × W`` tensors every refiner returns (docs/models.md,
@@ -23,12 +23,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "BAR_COLOUR",
+    "LINE_COLOURS",
     "GateRow",
+    "LineSeries",
     "attention_figure",
     "attention_sheet",
     "bar_chart",
     "caption_grid",
     "heat_colours",
+    "line_chart",
     "save_png",
     "to_image",
 ]
@@ -596,6 +599,135 @@ def bar_chart(
     draw.line([(left, zero), (left + plot_w, zero)], fill=ERROR_COLOUR)  # baseline at 0
 
     # The y label, rotated to run up the left edge and centred on the plot.
+    label_w = _text_width(ylabel, font) + 4
+    label_image = Image.new("RGB", (max(1, label_w), line), BACKGROUND)
+    ImageDraw.Draw(label_image).text((2, 0), ylabel, font=font, fill=TEXT_COLOUR)
+    label_image = label_image.rotate(90, expand=True)
+    canvas.paste(label_image, (pad, max(0, top + (plot_h - label_image.height) // 2)))
+    return canvas
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Line chart (metric curves)
+
+# Colour-blind-safe categorical colours (Okabe & Ito 2008), darkest first so a single line reads well.
+LINE_COLOURS = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233),
+                (0, 0, 0), (240, 228, 66)]  # fmt: skip
+DIAMOND_OUTLINE = (20, 20, 20)
+
+
+@dataclass
+class LineSeries:
+    """One line: points (x, y), an optional shaded band [low, high] per point, and the point to mark as best."""
+
+    label: str
+    xs: Sequence[float]
+    ys: Sequence[float]
+    low: Sequence[float] | None = None
+    high: Sequence[float] | None = None
+    best: int | None = None  # index of the point marked with a diamond
+
+
+def _axis_texts(ticks: Sequence[float], step: float) -> list[str]:
+    """Tick texts, with one k/M/G/T/P suffix for the whole axis when its values are large (FLOPs, images)."""
+    largest = max(abs(t) for t in ticks)
+    for factor, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if largest >= 10 * factor:
+            decimals = _tick_decimals(step / factor)
+            return [_format_number(t / factor, decimals) + (suffix if t else "") for t in ticks]
+    return [_format_number(t, _tick_decimals(step)) for t in ticks]
+
+
+def _ticks(low: float, high: float) -> tuple[list[float], float]:
+    if high == low:
+        low, high = low - 0.5 * (abs(low) or 1.0), high + 0.5 * (abs(high) or 1.0)
+    step = _nice_step(high - low)
+    start = math.floor(low / step + 1e-9) * step
+    end = math.ceil(high / step - 1e-9) * step
+    return [start + i * step for i in range(round((end - start) / step) + 1)], step
+
+
+def line_chart(
+    series: Sequence[LineSeries],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    width: int = 720,
+    height: int = 440,
+) -> Image.Image:
+    """Lines with markers, shaded bands and a diamond on each series' best point; ticks, axis labels, a legend.
+
+    Axes are linear, rounded out to 1/2/5 ticks; large x values get k/M/G/T suffixes. Deterministic pixels.
+    """
+    if not series:
+        raise ValueError("line_chart needs at least one series")
+    xs_all, ys_all = [], []
+    for item in series:
+        if len(item.xs) != len(item.ys) or not len(item.xs):
+            raise ValueError(f"series {item.label!r}: {len(item.xs)} x values and {len(item.ys)} y values")
+        xs_all += list(item.xs)
+        ys_all += list(item.ys) + list(item.low or []) + list(item.high or [])
+    if not all(math.isfinite(v) for v in xs_all + ys_all):
+        raise ValueError("line_chart values must be finite")
+    x_ticks, x_step = _ticks(min(xs_all), max(xs_all))
+    y_ticks, y_step = _ticks(min(ys_all), max(ys_all))
+    x_texts = _axis_texts(x_ticks, x_step)
+    y_texts = [_format_number(t, _tick_decimals(y_step)) for t in y_ticks]
+
+    font, small, title_font = _font(13), _font(12), _font(17)
+    line, small_line = _line_height(font), _line_height(small)
+    pad = 10
+    left = pad + line + pad + max(_text_width(t, small) for t in y_texts) + 6
+    title_lines = _wrap(title, title_font, width - 2 * pad) if title else []
+    top = pad + _lines_height(len(title_lines), title_font) + pad
+    legend_rows = len(series)
+    bottom = 6 + small_line + pad + line + pad + legend_rows * (small_line + 4) + pad
+    plot_w = width - left - 2 * pad
+    plot_h = max(120, height - top - bottom)
+    canvas = Image.new("RGB", (width, top + plot_h + bottom), BACKGROUND)
+    draw = ImageDraw.Draw(canvas, "RGBA")
+
+    def to_x(value: float) -> float:
+        return left + plot_w * (value - x_ticks[0]) / (x_ticks[-1] - x_ticks[0])
+
+    def to_y(value: float) -> float:
+        return top + plot_h * (y_ticks[-1] - value) / (y_ticks[-1] - y_ticks[0])
+
+    _draw_lines(draw, title_lines, title_font, x=pad, y=pad, width=width - 2 * pad, align="center")
+    for tick, text in zip(y_ticks, y_texts, strict=True):
+        y = round(to_y(tick))
+        draw.line([(left, y), (left + plot_w, y)], fill=GRID_COLOUR)
+        draw.text((left - 6 - _text_width(text, small), y - small_line // 2), text, font=small, fill=MUTED_COLOUR)
+    for tick, text in zip(x_ticks, x_texts, strict=True):
+        x = round(to_x(tick))
+        draw.line([(x, top), (x, top + plot_h)], fill=GRID_COLOUR)
+        draw.line([(x, top + plot_h), (x, top + plot_h + 4)], fill=MUTED_COLOUR)
+        draw.text((x - _text_width(text, small) // 2, top + plot_h + 6), text, font=small, fill=MUTED_COLOUR)
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=MUTED_COLOUR)
+    axis_y = top + plot_h + 6 + small_line + pad
+    draw.text((left + (plot_w - _text_width(xlabel, font)) // 2, axis_y), xlabel, font=font, fill=TEXT_COLOUR)
+
+    for index, item in enumerate(series):
+        colour = LINE_COLOURS[index % len(LINE_COLOURS)]
+        points = [(to_x(x), to_y(y)) for x, y in zip(item.xs, item.ys, strict=True)]
+        if item.low is not None and item.high is not None and len(points) > 1:
+            upper = [(to_x(x), to_y(h)) for x, h in zip(item.xs, item.high, strict=True)]
+            lower = [(to_x(x), to_y(v)) for x, v in zip(item.xs, item.low, strict=True)]
+            draw.polygon(upper + lower[::-1], fill=(*colour, 56))
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for px, py in points:
+            draw.ellipse([px - 2.5, py - 2.5, px + 2.5, py + 2.5], fill=colour)
+        if item.best is not None:
+            px, py = points[item.best]
+            r = 7
+            draw.polygon([(px, py - r), (px + r, py), (px, py + r), (px - r, py)], fill=colour, outline=DIAMOND_OUTLINE)
+        # legend: a line sample, and a diamond for "best"
+        ly = axis_y + line + pad + index * (small_line + 4) + small_line // 2
+        draw.line([(left, ly), (left + 24, ly)], fill=colour, width=3)
+        draw.text((left + 32, ly - small_line // 2), item.label, font=small, fill=TEXT_COLOUR)
+
     label_w = _text_width(ylabel, font) + 4
     label_image = Image.new("RGB", (max(1, label_w), line), BACKGROUND)
     ImageDraw.Draw(label_image).text((2, 0), ylabel, font=font, fill=TEXT_COLOUR)

@@ -198,7 +198,9 @@ def test_data_workers_reach_the_training_loader_without_changing_results(data_ro
 
 # -- evaluation split ------------------------------------------------------------------------------------------
 def test_eval_split_picks_the_in_training_evaluation_data(data_root, tmp_path):
-    extra = ["eval.every_steps=1", "eval.n_samples=4", "eval.batch_size=4", 'eval.metrics=["caption_consistency"]']
+    # eval.split is what in-training evaluation uses when the selection split is the originals' "test" way
+    extra = ["eval.every_steps=1", "eval.n_samples=4", "eval.batch_size=4", 'eval.metrics=["caption_consistency"]',
+             'eval.selection_split="test"']  # fmt: skip
     sizes = {}
     for split in ("train", "test"):
         trainer = trainer_for(load(data_root, [*extra, f'eval.split="{split}"']), tmp_path / split)

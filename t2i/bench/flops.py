@@ -1,16 +1,11 @@
-"""FLOPs of one call, counted by torch's FlopCounterMode (exact, independent of the machine's load)."""
+"""FLOPs of one call, counted by torch's FlopCounterMode (exact, independent of the machine's load).
+
+The counter lives with the training budget (t2i/train/budget.py), which counts a training step once per run;
+benchmarks use the same function.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from t2i.train.budget import count_flops
 
-
-def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """(fn's result, FLOPs of the call): mm/bmm/conv forward and backward, 2 FLOPs per multiply-add."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        result = fn()
-    return result, int(counter.get_total_flops())
+__all__ = ["count_flops"]

@@ -27,6 +27,7 @@ _OPTIONAL_COMMANDS = (
     "t2i.cli.ablate",
     "t2i.cli.bench",
     "t2i.cli.weights",
+    "t2i.cli.plot",
 )
 
 

@@ -69,6 +69,12 @@ def evaluate_command(
     checkpoint: Path = typer.Argument(
         None, help="A run folder (uses checkpoints/last.pt) or a GAN checkpoint (not with --images)."
     ),
+    which: str = typer.Option(
+        None,
+        "--checkpoint",
+        help="Which checkpoint of the run folder: last (default), best (the one in-training evaluation chose), "
+        "best-<metric>, or a file name in its checkpoints/.",
+    ),
     metric: list[str] = typer.Option(
         None, "--metric", "-m", help="Metric to compute (repeatable); default: the recipe's \\[eval] metrics."
     ),
@@ -119,12 +125,22 @@ def evaluate_command(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from t2i.evaluate import append_rows, evaluate, load_evaluators, load_model, metric_specs, training_hashes
+    from t2i.evaluate import (
+        append_rows,
+        evaluate,
+        load_evaluators,
+        load_model,
+        metric_specs,
+        pick_checkpoint,
+        training_hashes,
+    )
 
     if write_images is not None:
         check_output(write_images, "--write-images", folder=True)
     import_code(code)
     rt = RuntimeFlags(device, precision, channels_last, compile).runtime()
+    if which is not None:
+        checkpoint = pick_checkpoint(checkpoint, which)
     model = load_model(checkpoint, ema=not live, runtime=rt)
     _apply_sets(model, sets)
     recipe = model.recipe
@@ -172,7 +188,10 @@ def evaluate_command(
     path = append_rows(model.eval_file, rows)
 
     table = Table(
-        title=escape(f"{recipe.name} step {step}: {result.images} images, {result.images_per_s:.1f} images/s")
+        title=escape(
+            f"{recipe.name} {model.path.name} (step {step}) on {split}: {result.images} images, "
+            f"{result.images_per_s:.1f} images/s"
+        )
     )
     for column in ("metric", "value", "± std", "n", "protocol", "details"):
         table.add_column(column, justify="right" if column in ("value", "± std", "n") else "left")

@@ -423,7 +423,8 @@ def evaluate_at_step(
         precision=precision,
         evaluators=trained_against if evaluators is None else evaluators,
         training_network_hashes=hashes,
-        run_info={"checkpoint": checkpoint},
+        # which split chose this row's numbers: "val" (carved from training) or the test split
+        run_info={"checkpoint": checkpoint, "split": getattr(dataset, "split", None)},
         skip_unavailable=skip_unavailable,
         keep_items=items_folder is not None,
     )

@@ -9,6 +9,7 @@ recomputation) is installed once at set-up by ``t2i.train.memory``; evaluation i
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import time
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 import t2i
 from t2i.batch import Batch, item_noise, text_features
+from t2i.data.holdout import build_split
 from t2i.data.loader import make_loader
 from t2i.losses.kl import kl_loss
 from t2i.metrics.evaluation import append_rows, evaluate_at_step, higher_is_better, metric_specs
@@ -29,6 +31,7 @@ from t2i.recipe import Recipe
 from t2i.runtime import Runtime
 from t2i.train import checkpoint as ckpt
 from t2i.train import memory, rng
+from t2i.train.budget import Budget
 from t2i.train.distributed import all_finite, wrap_ddp
 from t2i.train.ema import EMA, ema_decay
 from t2i.train.finite import NonFiniteError, nonfinite_groups
@@ -104,6 +107,7 @@ class GANTrainer:
         self.steps_option: int | None = None  # `--steps`, kept with the run so that a resume stops there too
         self._restores_in_a_row = 0
         self.best: dict[str, float] = {}
+        self.budget = Budget(recipe.data.batch_size, world, count=not self.runtime.compile)
         self.g_model: nn.Module = self.nets.generator
         self.d_models: list[nn.Module] = list(self.nets.discriminators)
         # Memory policy, installed here once: recomputation (how the G update calls each D) and, on the CPU, the C
@@ -150,6 +154,7 @@ class GANTrainer:
             "rng": rng.capture({"noise": self.noise}),
             "data": {"batches_consumed": self.step, "seed": self.recipe.seed},
             "metrics": {"best": dict(self.best)},
+            "budget": self.budget.state(),
             "world_size": self.world,
             "steps_option": self.steps_option,
         }
@@ -160,6 +165,7 @@ class GANTrainer:
         self.step = int(state["step"])
         self.steps_option = state.get("steps_option")
         self.best = dict(state.get("metrics", {}).get("best", {}))
+        self.budget.load_state(state.get("budget"))
         if state.get("world_size", 1) != self.world:
             # Per-rank noise streams (used only without item keys) cannot be split or merged: re-derive them.
             self.noise.manual_seed(self.recipe.seed * 1000 + self.rank + 7919 * self.step)
@@ -362,6 +368,7 @@ class GANTrainer:
         with self.progress, self.tb:
             iterator = iter(loader)
             while self.step < total:
+                started = time.perf_counter()  # training time: the batch and the step, not evaluation or saving
                 batch = next(iterator)
                 if self.runtime.compile and self.runtime.compile_seconds == 0.0:
                     with self.runtime.timing_compile():  # compilation happens in the first step: timed apart
@@ -369,8 +376,9 @@ class GANTrainer:
                     self.log(f"first step (torch.compile included): {self.runtime.compile_seconds:.1f} s")
                     window_start = time.perf_counter()
                 else:
-                    logs = self.train_step(batch)
+                    logs = self.budget.step(functools.partial(self.train_step, batch))
                 self.step += 1  # a skipped batch still counts: the data order stays aligned with the step
+                self.budget.add_seconds(time.perf_counter() - started)
                 if logs is not None:
                     window_images += len(batch) * world
                     self.progress.update(self.step, logs)
@@ -454,6 +462,7 @@ class GANTrainer:
             checkpoint=checkpoint,
             items_folder=self.run.path if keep_items else None,
         )
+        rows = [{**row, **self.budget.record(self.step)} for row in rows]  # what the run had spent by then
         append_rows(self.run.path / "eval.jsonl", rows)
         return rows
 
@@ -464,7 +473,8 @@ class GANTrainer:
             return None
         if self._eval_set is None:
             e = self.recipe.eval
-            self._eval_set = self.recipe.data.dataset.build(split=e.split, image_sizes=[self.recipe.stage_sizes()[-1]])
+            split = "val" if e.selection_split == "val" else e.split
+            self._eval_set = build_split(self.recipe, split, [self.recipe.stage_sizes()[-1]])
         rows = self.evaluate(self._eval_set)
         self.tb.evaluation(rows)
         for row in rows:

@@ -26,6 +26,9 @@ RESUMABLE = (
     "runtime.",  # device, precision, memory format, compile: the same weights continue elsewhere
 )
 
+# ... except these: which training items are held out as the selection split decides what is trained on.
+NOT_RESUMABLE = ("eval.selection_split", "eval.val_size", "eval.val_seed")
+
 
 class ResumeOverrideError(ValueError):
     t2i_user_error = True
@@ -40,6 +43,8 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def resumable(key: str, extra: tuple[str, ...] = ()) -> bool:
+    if key in NOT_RESUMABLE:
+        return False
     return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUMABLE + extra)
 
 
@@ -49,6 +54,7 @@ def check_resume_changes(old: dict[str, Any], new: dict[str, Any], extra: tuple[
     refused = [key for key in changed if not resumable(key, extra)]
     if refused:
         allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE + extra)
+        allowed += f" (not {', '.join(NOT_RESUMABLE)})"
         raise ResumeOverrideError(
             f"--set cannot change {', '.join(refused)} when resuming: the checkpoint was trained with the stored "
             f"value, and changing it would change the networks, the data or the losses. Start a new run instead "

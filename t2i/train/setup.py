@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from t2i import recipe as recipe_mod
+from t2i.data.holdout import build_split
 from t2i.recipe import Recipe
 from t2i.runtime import Runtime, warn_once
 from t2i.train import checkpoint as ckpt
@@ -58,6 +59,8 @@ def resume_recipe(
     run = run_dirs.open_existing(path)
     source = str(run.path / "config.resolved.toml")
     stored = recipe_mod.read_toml(run.path / "config.resolved.toml")
+    # A run stored before the selection split existed trained on every training item and selected on eval.split.
+    stored.setdefault("eval", {}).setdefault("selection_split", "test")
     recipe = recipe_mod.validate(
         recipe_mod.apply_overrides(stored, list(sets)), source, list(sets), import_plugins=False
     )
@@ -75,7 +78,12 @@ def data_for(recipe: Recipe, kind: str = "gan", *, held_out: bool = True) -> Dat
         sizes = [recipe.stage_sizes()[-1]]
     else:
         sizes = recipe.stage_sizes()
-    train = recipe.data.dataset.build(split="train", image_sizes=sizes)
+    # a GAN never trains on the items its checkpoints are chosen on (pretraining has no selection split)
+    train = (
+        build_split(recipe, "train", sizes)
+        if kind == "gan"
+        else recipe.data.dataset.build(split="train", image_sizes=sizes)
+    )
     test = None
     if held_out:
         try:
