@@ -65,6 +65,8 @@ def report(
         command += ["--metric", m]
     if captions is not None:
         command += ["--captions", str(captions)]
+    if device is not None:
+        command += ["--device", device]
     index = make_report(
         runs, out, metrics=metric or None, x=x, n=n, seeds=seed_list, captions=texts, level=level,
         bootstrap=bootstrap, runtime=RuntimeFlags(device).runtime(), command=shlex.join(command),
