@@ -18,7 +18,16 @@ from torch import Tensor
 
 from t2i.evaluate import LoadedModel, read_rows
 
-__all__ = ["Comparison", "PairedEvaluation", "compare", "default_captions", "paired_evaluation", "shared_metrics"]
+__all__ = [
+    "Comparison",
+    "PairedEvaluation",
+    "caption_tokens",
+    "compare",
+    "default_captions",
+    "generate_captions",
+    "paired_evaluation",
+    "shared_metrics",
+]
 
 
 @dataclass
@@ -47,15 +56,22 @@ def unique_names(models: Sequence[LoadedModel]) -> list[str]:
     return out
 
 
-def _generate(
+def caption_tokens(vocab: Any, captions: Sequence[str]) -> list[list[int]]:
+    """Each caption's token ids with its start and end tokens (unknown words left out; an empty caption is </s>)."""
+    return [vocab.wrap(vocab.encode(text)[0] or [vocab.end_id]) for text in captions]
+
+
+def generate_captions(
     model: LoadedModel, captions: Sequence[str], seed: int, runtime: Any = None
-) -> tuple[Tensor, list[Tensor], list[str]]:
-    """Images (N, 3, S, S) and per-stage maps (on the CPU, fp32) for the captions in their given order."""
+) -> tuple[Tensor, list[Tensor], list[str], dict[int | str, dict[str, Tensor]]]:
+    """Images (N, 3, S, S), per-stage maps and memory gates (t2i.refiners.gates records, empty for a refiner
+    without gates; on the CPU, fp32) for the captions in their given order, and the first caption's words."""
+    from t2i.refiners.gates import record_gates, select
     from t2i.runtime import Runtime
     from t2i.train.samples import caption_batch, generate
 
     vocab = model.vocab
-    tokens = [vocab.wrap(vocab.encode(text)[0] or [vocab.end_id]) for text in captions]
+    tokens = caption_tokens(vocab, captions)
     order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(len(tokens), model.recipe.model.z_dim, generator=gen)
@@ -63,14 +79,14 @@ def _generate(
     rt = runtime or Runtime()
     mask_ids = torch.tensor(sorted(vocab.mask_ids), device=rt.device)
     batch = rt.batch(caption_batch([tokens[i] for i in order], vocab.pad_id))
-    with torch.inference_mode(), rt.precision.autocast():
+    with torch.inference_mode(), rt.precision.autocast(), record_gates(model.generator) as gates:
         out, _ = generate(
             model.generator, model.text_encoder, batch, mask_ids, rt.images(z[order]), rt.images(eps[order])
         )
     inverse = torch.tensor(order).argsort()
     first_words = [vocab.words[t] for t in tokens[0]]
     images = out.images[-1].float().cpu()
-    return images[inverse], [m.float().cpu()[inverse] for m in out.attention], first_words
+    return images[inverse], [m.float().cpu()[inverse] for m in out.attention], first_words, select(gates, inverse)
 
 
 def shared_metrics(models: Sequence[LoadedModel], names: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -114,13 +130,15 @@ def compare(
     captions: Sequence[str] | None = None,
     seeds: Sequence[int] = (0,),
     runtime: Any = None,
+    names: Sequence[str] | None = None,
 ) -> Comparison:
+    """``names``: one column title per model (default: the recipe names, numbered when they repeat)."""
     from t2i import viz
 
     if not models:
         raise ValueError("compare needs at least one model")
     out = Path(out)
-    names = unique_names(models)
+    names = list(names) if names is not None else unique_names(models)
     captions = list(captions or default_captions(models[0]))
     if not captions:
         raise ValueError("compare needs at least one caption")
@@ -133,7 +151,7 @@ def compare(
     sheets = []
     for name, model in zip(names, models, strict=True):
         for s, seed in enumerate(seeds):
-            images, maps, words = _generate(model, captions, seed, runtime)
+            images, maps, words, _ = generate_captions(model, captions, seed, runtime)
             columns.append((name if len(seeds) == 1 else f"{name} s{seed}", images))
             if s == 0 and maps:
                 rows = [(f"{name} · stage {i + 2}", images[0], stage[0, : len(words)]) for i, stage in enumerate(maps)]
@@ -172,6 +190,9 @@ def paired_evaluation(
 ) -> PairedEvaluation:
     """Evaluate every model on the same ``n`` items per seed (captions and noise of that evaluation seed) and
     compare every pair with a paired bootstrap interval over the images (t2i.stats).
+
+    Models may share a name (the training seeds of one variant): their records are then pooled as that name's
+    seeds, in the order given, and pair with another name's records in the same order.
 
     The data set, the metrics and their params come from the first model's recipe; the R-precision judge is
     ``evaluator`` or else the first model's encoders, the same for every model, so the judge is not part of the
@@ -223,7 +244,7 @@ def paired_evaluation(
                 if row["metric"] in result.items:
                     records.setdefault(row["metric"], {}).setdefault(name, []).append(result.items[row["metric"]])
     described = {m: ";".join(dict.fromkeys(p)) for m, p in protocols.items()}  # one protocol id per seed
-    rows = stats.pairwise(list(names), records, protocols=described, level=level, bootstrap=bootstrap)
+    rows = stats.pairwise(list(dict.fromkeys(names)), records, protocols=described, level=level, bootstrap=bootstrap)
     judge = None
     if any(m.startswith("r_precision") for m in records):
         judge = f"evaluator {evaluator}" if evaluator is not None else f"{names[0]}'s encoders"

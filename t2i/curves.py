@@ -16,7 +16,7 @@ from t2i import recipe as recipe_mod
 from t2i.metrics.evaluation import higher_is_better, read_rows
 from t2i.viz import LineSeries, line_chart
 
-__all__ = ["X_UNITS", "CurveError", "Curve", "curve", "plot_curves"]
+__all__ = ["X_UNITS", "CurveError", "Curve", "curve", "in_training_rows", "is_run", "plot_curves", "runs_of"]
 
 # --x choice -> (eval.jsonl field, axis label)
 X_UNITS = {
@@ -48,7 +48,7 @@ class Curve:
         return max(range(len(self.ys)), key=lambda i: (sign * self.ys[i], -i))
 
 
-def _is_run(folder: Path) -> bool:
+def is_run(folder: Path) -> bool:
     return (folder / "config.resolved.toml").is_file() or (folder / "eval.jsonl").is_file()
 
 
@@ -58,18 +58,33 @@ def _label(folder: Path) -> str:
     return f"{name} ({folder.name})" if name and name != folder.name else folder.name
 
 
+def _seed_note(seeds: int) -> str:
+    return f": mean of {seeds} seeds, band min-max"
+
+
 def _matches(row_metric: str, metric: str) -> bool:
     return row_metric == metric or row_metric.split(".v")[0] == metric
 
 
-def run_points(folder: Path, metric: str, x: str) -> tuple[str, dict[int, tuple[float, float]]]:
-    """-> (the metric's registered name, step -> (x, value)) from one run's in-training evaluation rows."""
+def runs_of(folder: Path) -> list[Path]:
+    """The seed runs of a folder of runs of one variant, in name order (none when it holds no run)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and is_run(p))
+
+
+def in_training_rows(folder: Path) -> list[dict[str, Any]]:
+    """A run's eval.jsonl rows written by its in-training evaluation."""
     path = folder / "eval.jsonl"
     if not path.is_file():
         raise CurveError(
             f"{folder} has no eval.jsonl: the run evaluated nothing during training (set [eval] every_steps)"
         )
-    rows = [r for r in read_rows(path) if (r.get("protocol") or {}).get("checkpoint", {}).get("in_training")]
+    return [r for r in read_rows(path) if (r.get("protocol") or {}).get("checkpoint", {}).get("in_training")]
+
+
+def run_points(folder: Path, metric: str, x: str) -> tuple[str, dict[int, tuple[float, float]]]:
+    """-> (the metric's registered name, step -> (x, value)) from one run's in-training evaluation rows."""
+    path = folder / "eval.jsonl"
+    rows = in_training_rows(folder)
     present = sorted({r["metric"] for r in rows})
     chosen = [r for r in rows if _matches(r["metric"], metric)]
     if not chosen:
@@ -95,11 +110,11 @@ def curve(path: str | Path, metric: str, x: str) -> Curve:
     folder = Path(path)
     if not folder.is_dir():
         raise CurveError(f"{folder} is not a folder (give run folders, or folders of seed runs)")
-    if _is_run(folder):
+    if is_run(folder):
         name, points = run_points(folder, metric, x)
         steps = sorted(points)
         return Curve(_label(folder), name, [points[s][0] for s in steps], [points[s][1] for s in steps])
-    runs = sorted(p for p in folder.iterdir() if p.is_dir() and _is_run(p))
+    runs = runs_of(folder)
     if not runs:
         raise CurveError(f"{folder} is neither a run folder nor a folder of runs (no eval.jsonl in it or below it)")
     per_run = [run_points(run, metric, x) for run in runs]
@@ -109,7 +124,7 @@ def curve(path: str | Path, metric: str, x: str) -> Curve:
     xs = [statistics.fmean(points[s][0] for _, points in per_run) for s in common]
     values = [[points[s][1] for _, points in per_run] for s in common]
     return Curve(
-        f"{folder.name}: mean of {len(runs)} seeds, band min-max",
+        folder.name + _seed_note(len(runs)),
         per_run[0][0],
         xs,
         [statistics.fmean(v) for v in values],
@@ -119,9 +134,13 @@ def curve(path: str | Path, metric: str, x: str) -> Curve:
     )
 
 
-def plot_curves(paths: list[str | Path], metric: str, x: str) -> tuple[Any, list[Curve]]:
-    """-> (the PIL figure, its curves)."""
+def plot_curves(
+    paths: list[str | Path], metric: str, x: str, labels: list[str] | None = None
+) -> tuple[Any, list[Curve]]:
+    """-> (the PIL figure, its curves); ``labels`` replace the lines' default names (recipe and folder)."""
     curves = [curve(p, metric, x) for p in paths]
+    for c, label in zip(curves, labels or [], strict=False):
+        c.label = label + (_seed_note(c.seeds) if c.seeds > 1 else "")
     name = curves[0].metric
     direction = "higher" if higher_is_better(name) else "lower"
     series = [LineSeries(c.label, c.xs, c.ys, c.low, c.high, best=c.best) for c in curves]

@@ -28,7 +28,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # building a recipe's networks, the training loops, run folders, checkpoints, run setup
     ("train", ("t2i.networks", "t2i.train")),
     # what drives training and evaluation for a command: checkpoint evaluation, comparisons, ablations, benchmarks
-    ("tools", ("t2i.evaluate", "t2i.evaluate_images", "t2i.compare", "t2i.ablate", "t2i.bench", "t2i.curves")),
+    (
+        "tools",
+        ("t2i.evaluate", "t2i.evaluate_images", "t2i.compare", "t2i.ablate", "t2i.bench", "t2i.curves", "t2i.report"),
+    ),
     ("cli", ("t2i.cli", "t2i.__main__")),
 ]
 

@@ -28,6 +28,7 @@ _OPTIONAL_COMMANDS = (
     "t2i.cli.bench",
     "t2i.cli.weights",
     "t2i.cli.plot",
+    "t2i.cli.report",
 )
 
 
