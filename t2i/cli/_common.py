@@ -78,6 +78,42 @@ SetOption = typer.Option(
 )
 
 
+def read_captions_file(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-empty line of a UTF-8 text file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read captions file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"captions file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def captions_option(path: Path | None) -> list[str] | None:
+    """The captions of a ``--captions FILE`` option (one per non-empty line), or None when it was not given."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UserError(f"--captions file not found: {path}")
+    texts = [text for _, text in read_captions_file(path)]
+    if not texts:
+        raise UserError(f"{path} holds no caption")
+    return texts
+
+
+def seeds_option(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2]; at least one."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise UserError("--seeds needs at least one seed")
+    return seeds
+
+
 def import_code(paths: list[Path] | None) -> None:
     from t2i.registry import import_user_file
 

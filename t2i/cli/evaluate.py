@@ -11,10 +11,12 @@ from t2i.cli._common import (
     CodeOption,
     SetOption,
     UserError,
+    captions_option,
     check_output,
     console,
     err_console,
     import_code,
+    seeds_option,
     user_errors,
 )
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
@@ -313,19 +315,8 @@ def compare_command(
     from t2i.evaluate import load_model
 
     import_code(code)
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
-    if not seed_list:
-        raise UserError("--seeds needs at least one seed")
-    texts = None
-    if captions is not None:
-        if not captions.is_file():
-            raise UserError(f"--captions file not found: {captions}")
-        texts = [line.strip() for line in captions.read_text().splitlines() if line.strip()]
-        if not texts:
-            raise UserError(f"{captions} holds no caption")
+    seed_list = seeds_option(seeds)
+    texts = captions_option(captions)
     check_output(out, "--out", folder=True)
     rt = RuntimeFlags(device, precision, channels_last, compile).runtime()
     models = [load_model(c, runtime=rt) for c in checkpoints]

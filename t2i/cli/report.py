@@ -7,7 +7,16 @@ from pathlib import Path
 
 import typer
 
-from t2i.cli._common import CodeOption, UserError, check_output, console, import_code, user_errors
+from t2i.cli._common import (
+    CodeOption,
+    UserError,
+    captions_option,
+    check_output,
+    console,
+    import_code,
+    seeds_option,
+    user_errors,
+)
 from t2i.cli._runtime import DeviceOption, RuntimeFlags
 from t2i.cli.evaluate import BootstrapOption, LevelOption
 
@@ -44,19 +53,8 @@ def report(
 
     if x not in X_UNITS:
         raise UserError(f"unknown --x {x!r}; choose one of: {', '.join(X_UNITS)}")
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
-    if not seed_list:
-        raise UserError("--seeds needs at least one seed")
-    texts = None
-    if captions is not None:
-        if not captions.is_file():
-            raise UserError(f"--captions file not found: {captions}")
-        texts = [line.strip() for line in captions.read_text().splitlines() if line.strip()]
-        if not texts:
-            raise UserError(f"{captions} holds no caption")
+    seed_list = seeds_option(seeds)
+    texts = captions_option(captions)
     import_code(code)
     check_output(out, "--out", folder=True)
     command = ["t2i", "report", *map(str, runs), "-o", str(out), "--x", x, "--n", str(n), "--seeds", seeds,

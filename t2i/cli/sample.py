@@ -13,7 +13,16 @@ from pathlib import Path
 
 import typer
 
-from t2i.cli._common import CodeOption, UserError, check_output, console, err_console, import_code, user_errors
+from t2i.cli._common import (
+    CodeOption,
+    UserError,
+    check_output,
+    console,
+    err_console,
+    import_code,
+    read_captions_file,
+    user_errors,
+)
 from t2i.cli._runtime import ChannelsLastOption, CompileOption, DeviceOption, PrecisionOption, RuntimeFlags
 
 
@@ -34,19 +43,6 @@ class Caption:
     text: str
     line: int  # 1-based line in the captions file, or position on the command line
     tokens: list[int]
-
-
-def read_captions_file(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of each non-empty line of a UTF-8 text file."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read captions file {path}: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"captions file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def slug(text: str, limit: int = 40) -> str:

@@ -30,6 +30,7 @@ from t2i.batch import Batch, text_features
 from t2i.data.loader import SeededItems, make_loader
 from t2i.metrics.base import EvalContext, MetricError, module_fingerprint
 from t2i.registry import get_registry
+from t2i.stats import item_count
 
 __all__ = [
     "RUN_SPECIFIC_KEYS",
@@ -250,7 +251,7 @@ def evaluate(
         result = metric.compute()
         record = metric.per_item() if keep_items else None
         if record is not None:
-            items[name] = {**record, "keys": np.asarray(keys[: _item_count(record)])}
+            items[name] = {**record, "keys": np.asarray(keys[: item_count(record)])}
         rows.append(
             {
                 "time": stamp,
@@ -265,14 +266,6 @@ def evaluate(
             }
         )
     return Evaluation(rows=rows, images=done, seconds=seconds, skipped=skipped, items=items)
-
-
-def _item_count(record: Mapping[str, Any]) -> int:
-    """Items in a per-image record (``Metric.per_item``): scores, class probabilities or features."""
-    for key in ("scores", "probs", "features"):
-        if key in record:
-            return len(record[key])
-    raise EvalSetupError(f"unknown per-image record (keys: {', '.join(sorted(record))})")
 
 
 def _generate_fn(
