@@ -14,6 +14,7 @@ Layout of the ablation folder (default ``runs/ablate/<base>-<hash>/``; the hash 
 
     pretrained/damsm.pt, pretrained/stream.pt       # when they had to be pretrained
     <variant-slug>/seed-<k>/                        # a run folder; done.json when trained and evaluated
+    references.json                                 # the test split's real images under the same metrics
     results.csv  results.md  results.png
 """
 
@@ -41,13 +42,16 @@ __all__ = [
     "AblationError",
     "AblationSpec",
     "PRESETS",
+    "REFERENCE_LABELS",
     "Variant",
     "VariantResult",
     "expand_grid",
     "parse_alignment",
     "paired_summary",
     "preset_grid",
+    "reference_rows",
     "run_ablation",
+    "saved_references",
     "summarise",
     "variant_recipe",
 ]
@@ -57,6 +61,10 @@ AXES: dict[str, tuple[str, str]] = {
     "refiner": ("refiner", "model.refiner"),
     "alignment": ("alignment_loss", "train.alignment"),
 }
+
+
+# How the real-image references (``reference_rows``) are named in the tables.
+REFERENCE_LABELS = {"real": "real images (ceiling)", "shuffled": "real images, shuffled captions (floor)"}
 
 
 class AblationError(ValueError):
@@ -391,6 +399,47 @@ def run_variant(
     return rows, seconds
 
 
+def reference_rows(
+    base: recipe_mod.Recipe,
+    folder: Path,
+    test_set: Any,
+    evaluators: dict[str, Any],
+    metric_names: list[str] | None,
+    n: int | None,
+) -> list[dict[str, Any]]:
+    """The test split's real images under the variants' metrics, captions and judges: own captions (the ceiling)
+    and other images' captions (the floor). Computed once per ablation folder (``references.json``)."""
+    from t2i.evaluate import REFERENCES, evaluate_reference, metric_specs
+    from t2i.train.run_dir import write_atomic
+
+    path = folder / "references.json"
+    if path.is_file():
+        return saved_references(folder)
+    rows = []
+    for kind in REFERENCES:
+        result = evaluate_reference(
+            kind,
+            evaluators["text_encoder"],
+            test_set,
+            metric_specs(base, metric_names, test_set),
+            z_dim=base.model.z_dim,
+            cond_dim=base.model.cond_dim,
+            n=n or base.eval.n_samples,
+            batch_size=base.eval.batch_size,
+            evaluators=evaluators,
+            workers=base.data.workers,
+        )
+        rows += [{**row, "reference": kind} for row in result.rows]
+    write_atomic(path, json.dumps({"rows": rows}, default=str) + "\n")
+    return rows
+
+
+def saved_references(folder: Path) -> list[dict[str, Any]]:
+    """The rows ``reference_rows`` kept in the ablation folder; [] when there are none."""
+    path = folder / "references.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
 def run_ablation(spec: AblationSpec, log: Callable[[str], None] = print) -> tuple[Path, list[VariantResult]]:
     raw, base = base_raw(spec)
     grid = preset_grid(raw, preset(spec.preset)) if spec.preset else expand_grid(raw, spec.axes)
@@ -430,7 +479,17 @@ def run_ablation(spec: AblationSpec, log: Callable[[str], None] = print) -> tupl
         results.append(VariantResult(variant, seed, rows, seconds, skipped=False))
         summary = ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows)
         log(f"  {variant.label} seed {seed}: {summary} ({seconds:.0f} s)")
-    write_reports(folder, grid, results, base.name, spec)
+    references: list[dict[str, Any]] = []
+    if test_set is None and not (folder / "references.json").is_file():
+        test_set = base.data.dataset.build(split=base.eval.split, image_sizes=[sizes[-1]])
+        evaluators = shared_evaluators(next(iter(recipes.values())), test_set.vocab)  # with pretrained/ files
+    try:
+        references = reference_rows(base, folder, test_set, evaluators or {}, spec.metrics, spec.n)
+    except Exception as exc:  # a reference the judges cannot score leaves the variants' table as it is
+        if getattr(exc, "t2i_user_error", False) is not True:
+            raise
+        log(f"  no real-image references: {exc}")
+    write_reports(folder, grid, results, base.name, spec, references)
     return folder, results
 
 
@@ -527,7 +586,12 @@ def paired_summary(
 
 
 def write_reports(
-    folder: Path, grid: Sequence[Variant], results: Sequence[VariantResult], base_name: str, spec: AblationSpec
+    folder: Path,
+    grid: Sequence[Variant],
+    results: Sequence[VariantResult],
+    base_name: str,
+    spec: AblationSpec,
+    references: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Path]:
     from t2i import stats, viz
 
@@ -541,6 +605,12 @@ def write_reports(
             [row["variant"], *[row.get(a, "") for a in axes], row["metric"], f"{row['mean']:.6g}", f"{row['std']:.6g}",
              row["seeds"], ";".join(f"{v:.6g}" for v in row["values"]), ";".join(row["protocols"])]
         )  # fmt: skip
+    for ref in references:
+        if ref["metric"] in metrics:
+            writer.writerow(
+                [f"reference:{ref['reference']}", *[""] * len(axes), ref["metric"], f"{ref['value']:.6g}", "", 0, "",
+                 ref.get("protocol_id", "")]
+            )  # fmt: skip
     (folder / "results.csv").write_text(buffer.getvalue())
 
     cell = {(r["variant"], r["metric"]): r for r in table}
@@ -559,6 +629,11 @@ def write_reports(
             r = cell.get((variant.label, metric))
             cells.append("-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}")
         lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
+    for kind, label in REFERENCE_LABELS.items():
+        values = {r["metric"]: r["value"] for r in references if r["reference"] == kind}
+        if values:
+            cells = ["-" if values.get(m) is None else f"{values[m]:.4f}" for m in metrics]
+            lines.append(f"| *{label}* | " + " | ".join(cells) + " |")
     protocols = sorted({(r["metric"], p) for r in table for p in r["protocols"]})
     lines += ["", "Protocols: " + ", ".join(f"{m} [{p}]" for m, p in protocols)]
     mixed = [m for m in metrics if len({p for r in table if r["metric"] == m for p in r["protocols"]}) > 1]

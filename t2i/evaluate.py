@@ -16,12 +16,14 @@ from torch import nn
 
 from t2i.metrics.base import module_fingerprint, sha256_file
 from t2i.metrics.evaluation import (
+    REFERENCES,
     RUN_SPECIFIC_KEYS,
     EvalSetupError,
     Evaluation,
     append_rows,
     default_metrics,
     evaluate,
+    evaluate_reference,
     items_path,
     load_items,
     metric_specs,
@@ -32,6 +34,7 @@ from t2i.metrics.evaluation import (
 )
 
 __all__ = [
+    "REFERENCES",
     "RUN_SPECIFIC_KEYS",
     "EvalSetupError",
     "Evaluation",
@@ -39,6 +42,7 @@ __all__ = [
     "append_rows",
     "default_metrics",
     "evaluate",
+    "evaluate_reference",
     "items_path",
     "load_evaluators",
     "load_items",

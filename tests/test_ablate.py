@@ -118,8 +118,18 @@ def test_tiny_ablation_with_a_user_refiner_writes_reports_and_skips_done_variant
     assert [(r["variant"], r["metric"], r["seeds"]) for r in rows] == [
         ("dm (base)", "caption_consistency.v1", "1"),
         ("sentence_gate", "caption_consistency.v1", "1"),
+        ("reference:real", "caption_consistency.v1", "0"),
+        ("reference:shuffled", "caption_consistency.v1", "0"),
     ]
-    assert "| sentence_gate |" in (out / "results.md").read_text()
+    rows = rows[:2]
+    markdown = (out / "results.md").read_text()
+    assert "| sentence_gate |" in markdown
+    # The same 4 test captions scored on the real images: their own (ceiling) and shuffled (floor).
+    references = {r["reference"]: r for r in json.loads((out / "references.json").read_text())["rows"]}
+    assert references["real"]["value"] > 0.9 > references["shuffled"]["value"] + 0.2
+    assert references["real"]["n"] == 4 and references["real"]["protocol"]["reference"] == "real"
+    assert f"| *real images (ceiling)* | {references['real']['value']:.4f} |" in markdown
+    assert "real images, shuffled captions (floor)" in markdown and "real images (ceiling)" in result.output
     # Paired differences over the same 4 evaluated images, from the per-image records every run keeps.
     assert (out / "refiner-dm" / "seed-0" / "eval_items").is_dir()
     with (out / "results_paired.csv").open() as handle:

@@ -197,3 +197,61 @@ def test_registered_metrics_say_which_way_is_better():
     assert higher_is_better("fid_dmgan2018.v1") is False
     for name in ("is.v1", "r_precision.v1", "r_precision_legacy.v1", "caption_consistency.v1"):
         assert higher_is_better(name) is True, name
+
+
+def test_eval_references_score_real_images_above_shuffled_captions(trained_run):
+    """--references: the split's real images under the same captions, judges and protocol (ceiling and floor)."""
+    result = invoke(
+        "eval", trained_run, "--n", "8", "--batch-size", "4", "--set", METRICS, "-m", "caption_consistency",
+        "--references",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "(ceiling)" in result.output and "(floor)" in result.output
+    rows = [json.loads(line) for line in (trained_run / "references.jsonl").read_text().splitlines()]
+    by_kind = {row["reference"]: row for row in rows}
+    assert set(by_kind) == {"real", "shuffled"} and all(r["metric"] == "caption_consistency.v1" for r in rows)
+    for kind, row in by_kind.items():
+        assert row["protocol"]["reference"] == kind and row["n"] == 8
+        assert "checkpoint" not in row["protocol"]  # real images: no generator was evaluated
+    assert by_kind["real"]["value"] > 0.9  # the judge reads the data set's own drawings
+    assert by_kind["shuffled"]["value"] < by_kind["real"]["value"] - 0.2
+    assert by_kind["real"]["protocol_id"] != by_kind["shuffled"]["protocol_id"]
+
+
+def test_reference_images_are_the_batch_items_own_or_the_next_ones(trained_run, monkeypatch):
+    """ "real" feeds each item's own image; "shuffled" the next item's, so every caption meets another image."""
+    from t2i.evaluate import evaluate_reference, load_model
+    from t2i.metrics.base import Metric, MetricResult
+    from t2i.registry import get_registry
+
+    seen: list[tuple[torch.Tensor, list[str]]] = []
+
+    class Spy(Metric):
+        name = "spy.v1"
+
+        def __init__(self, params, *, context):
+            super().__init__(context)
+
+        def update(self, images, info):
+            seen.append((images.clone(), list(info["keys"])))
+
+        def compute(self):
+            return MetricResult(0.0, None, 0, dict(self.context.run_info))
+
+    metrics = get_registry("metric")
+    metrics.discover()
+    monkeypatch.setattr(metrics, "_entries", dict(metrics._entries))  # registered for this test only
+    metrics.register("spy", Spy)
+    model = load_model(trained_run)
+    recipe = model.recipe
+    dataset = recipe.data.dataset.build(split="test", image_sizes=[recipe.stage_sizes()[-1]])
+    specs = [("spy.v1", metrics.get("spy").validate(None))]
+    for kind in ("real", "shuffled"):
+        result = evaluate_reference(kind, model.text_encoder, dataset, specs, z_dim=recipe.model.z_dim,
+                                    cond_dim=recipe.model.cond_dim, n=4, batch_size=4)  # fmt: skip
+        assert result.rows[0]["protocol"] == {"reference": kind}
+    (own, keys), (shuffled, same_keys) = seen
+    assert keys == same_keys and len(set(keys)) == 4
+    assert torch.equal(shuffled, own.roll(1, dims=0)) and not torch.equal(shuffled, own)
+    with pytest.raises(ValueError, match="use one of real, shuffled"):
+        evaluate_reference("fake", model.text_encoder, dataset, specs, z_dim=1, cond_dim=1, n=4)

@@ -92,6 +92,12 @@ def evaluate_command(
         None, "--write-images", help="Also write every image as <key>_s-1_<pass>.png under this folder."
     ),
     live: bool = typer.Option(False, "--live", help="Evaluate the live generator instead of the EMA one."),
+    references: bool = typer.Option(
+        False,
+        "--references",
+        help="Also score the split's real images with their own captions (ceiling) and with other images' captions "
+        "(floor), same captions, judges and protocol; rows go to references.jsonl.",
+    ),
     images: Path = typer.Option(
         None, "--images", help="Evaluate this folder of images made by any program instead of a checkpoint."
     ),
@@ -128,8 +134,10 @@ def evaluate_command(
     from rich.table import Table
 
     from t2i.evaluate import (
+        REFERENCES,
         append_rows,
         evaluate,
+        evaluate_reference,
         load_evaluators,
         load_model,
         metric_specs,
@@ -188,6 +196,28 @@ def evaluate_command(
     step = int(model.state.get("step", 0))
     rows = [{**row, "step": step} for row in result.rows]
     path = append_rows(model.eval_file, rows)
+    reference_rows = []
+    if references:
+        for kind in REFERENCES:
+            reference = evaluate_reference(
+                kind,
+                model.text_encoder,
+                dataset,
+                specs,
+                z_dim=recipe.model.z_dim,
+                cond_dim=recipe.model.cond_dim,
+                n=count,
+                batch_size=batch_size or recipe.eval.batch_size,
+                seed=seed,
+                device=rt.device,
+                evaluators=evaluators,
+                training_network_hashes=training_hashes(model),
+                run_info={"split": split},
+                weights_dir=weights_dir,
+                workers=recipe.data.workers,
+            )
+            reference_rows += [{**row, "reference": kind} for row in reference.rows]
+        append_rows(model.eval_file.with_name("references.jsonl"), reference_rows)
 
     table = Table(
         title=escape(
@@ -206,10 +236,17 @@ def evaluate_command(
             escape(row["protocol_id"]),
             escape(details),
         )
+    for row in reference_rows:
+        label = f"{row['metric']}: {REFERENCES[row['reference']]}"
+        details = " ".join(f"{k}={v:.3f}" for k, v in row["details"].items())
+        cells = (label, _format(row["value"]), _format(row["std"]), str(row["n"]), row["protocol_id"], details)
+        table.add_row(*map(escape, cells), style="dim")
     console.print(table)
     if write_images is not None:
         console.print(f"images: {write_images}", markup=False)
     console.print(f"appended {len(rows)} row(s) to {path}", markup=False)
+    if reference_rows:
+        console.print(f"references: {model.eval_file.with_name('references.jsonl')}", markup=False)
 
 
 def _progress(label: str):

@@ -33,6 +33,7 @@ from t2i.registry import get_registry
 from t2i.stats import item_count
 
 __all__ = [
+    "REFERENCES",
     "RUN_SPECIFIC_KEYS",
     "EvalSetupError",
     "Evaluation",
@@ -41,6 +42,7 @@ __all__ = [
     "default_metrics",
     "evaluate",
     "evaluate_at_step",
+    "evaluate_reference",
     "higher_is_better",
     "items_path",
     "load_items",
@@ -132,6 +134,15 @@ def _real_images(dataset: Any, batch_size: int, seed: int, workers: int) -> Call
     return batches
 
 
+# What an evaluation measures besides a generator: the split's real images under the same judges and protocol.
+# "real": each item's own image (the ceiling a generator can reach); "shuffled": each caption with another item's
+# image, the next one in the batch (the floor of an image that ignores its caption).
+REFERENCES = {
+    "real": "real images with their own captions (ceiling)",
+    "shuffled": "real images with other images' captions (floor)",
+}
+
+
 def evaluate(
     generator: nn.Module,
     text_encoder: nn.Module,
@@ -166,6 +177,131 @@ def evaluate(
     for paired comparisons (t2i.stats). Metrics that regenerate (``EvalContext.generate``) get this generator.
     """
     device = torch.device(device)
+
+    def images(batch: Batch, text: Any, z: Tensor, eps: Tensor) -> Tensor:
+        return generator(z, text.sentence, text.words, text.mask, eps=eps).images[-1]  # (B, 3, S, S)
+
+    was_training = generator.training
+    generator.eval()
+    try:
+        return _run(
+            images,
+            text_encoder,
+            dataset,
+            metrics,
+            generate=_generate_fn(generator, text_encoder, dataset.vocab, device, precision),
+            z_dim=z_dim,
+            cond_dim=cond_dim,
+            n=n,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            precision=precision,
+            evaluators=evaluators,
+            training_network_hashes=training_network_hashes,
+            run_info=run_info,
+            weights_dir=weights_dir,
+            cache_dir=cache_dir,
+            write_images=write_images,
+            workers=workers,
+            skip_unavailable=skip_unavailable,
+            on_batch=on_batch,
+            keep_items=keep_items,
+        )
+    finally:
+        generator.train(was_training)
+
+
+def evaluate_reference(
+    kind: str,
+    text_encoder: nn.Module,
+    dataset: Any,
+    metrics: Sequence[MetricSpec],
+    *,
+    z_dim: int,
+    cond_dim: int,
+    n: int,
+    batch_size: int = 50,
+    seed: int = 100,
+    device: torch.device | str = "cpu",
+    evaluators: Mapping[str, nn.Module] | None = None,
+    training_network_hashes: Mapping[str, str] | None = None,
+    run_info: Mapping[str, Any] | None = None,
+    weights_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
+    skip_unavailable: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """The same evaluation with the split's real images in place of generated ones (``kind`` in ``REFERENCES``).
+
+    Same captions, item order, batches and judges as :func:`evaluate` with the same ``seed``, ``n`` and
+    ``batch_size``, so a model's score reads against what real images score (``"real"``) and what an image that
+    ignores its caption scores (``"shuffled"``). Metrics that regenerate from edited captions (controllability)
+    cannot run on real images and are skipped. Every protocol records ``reference: kind``.
+    """
+    if kind not in REFERENCES:
+        raise ValueError(f"reference {kind!r}: use one of {', '.join(REFERENCES)}")
+    if kind == "shuffled" and min(batch_size, len(dataset)) < 2:
+        raise EvalSetupError("shuffled captions pair each image with another item of its batch: batch_size >= 2")
+    device = torch.device(device)
+
+    def images(batch: Batch, text: Any, z: Tensor, eps: Tensor) -> Tensor:
+        real = batch.images[-1]
+        return real.roll(1, dims=0) if kind == "shuffled" else real
+
+    return _run(
+        images,
+        text_encoder,
+        dataset,
+        metrics,
+        generate=None,  # nothing to regenerate from edited captions
+        z_dim=z_dim,
+        cond_dim=cond_dim,
+        n=n,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        precision=None,
+        evaluators=evaluators,
+        training_network_hashes=training_network_hashes,
+        run_info={**(run_info or {}), "reference": kind},
+        weights_dir=weights_dir,
+        cache_dir=cache_dir,
+        write_images=None,
+        workers=workers,
+        skip_unavailable=skip_unavailable,
+        on_batch=on_batch,
+        keep_items=False,
+    )
+
+
+def _run(
+    images: Callable[[Batch, Any, Tensor, Tensor], Tensor],
+    text_encoder: nn.Module,
+    dataset: Any,
+    metrics: Sequence[MetricSpec],
+    *,
+    generate: Any,
+    z_dim: int,
+    cond_dim: int,
+    n: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    precision: Any,
+    evaluators: Mapping[str, nn.Module] | None,
+    training_network_hashes: Mapping[str, str] | None,
+    run_info: Mapping[str, Any] | None,
+    weights_dir: str | Path | None,
+    cache_dir: str | Path | None,
+    write_images: str | Path | None,
+    workers: int,
+    skip_unavailable: bool,
+    on_batch: Callable[[int], None] | None,
+    keep_items: bool,
+) -> Evaluation:
+    """The evaluation loop: ``images(batch, text, z, eps)`` gives each batch's images; the metrics see them."""
     batch_size = min(batch_size, len(dataset))  # a small split still evaluates (recorded in every protocol)
     context_kwargs: dict[str, Any] = {}
     if weights_dir is not None:
@@ -182,7 +318,7 @@ def evaluate(
         run_info=dict(run_info or {}),
         training_network_hashes=dict(training_network_hashes or {}),
         keep_items=keep_items,
-        generate=_generate_fn(generator, text_encoder, dataset.vocab, device, precision),
+        generate=generate,
         **context_kwargs,
     )
     registry = get_registry("metric")
@@ -202,48 +338,43 @@ def evaluate(
     index_of = {key: i for i, key in enumerate(dataset.keys)}
     per_pass = len(dataset) // batch_size  # drop_last per pass, as the originals' loader
     noise = torch.Generator().manual_seed(seed)
-    was_training = generator.training
-    generator.eval()
     loader = make_loader(
         dataset, batch_size, seed, workers=workers, pin_memory=device.type == "cuda", setting="eval.batch_size"
     )
     autocast = precision.autocast if precision is not None else nullcontext
     done, start = 0, time.perf_counter()
     keys: list[str] = []
-    try:
-        with torch.inference_mode():
-            for number, batch in enumerate(loader):
-                if done >= n:
-                    break
-                take = min(batch_size, n - done)
-                batch = _head(batch, take).to(device)
-                z = torch.randn(take, z_dim, generator=noise).to(device)
-                eps = torch.randn(take, cond_dim, generator=noise).to(device)
-                with autocast():
-                    text = text_features(text_encoder, batch, mask_ids)
-                    fake = generator(z, text.sentence, text.words, text.mask, eps=eps).images[-1]  # (B, 3, S, S)
-                fake = fake.float()
-                info = {
-                    "captions": batch.captions,
-                    "lengths": batch.lengths,
-                    "class_ids": batch.class_ids,
-                    "keys": list(batch.keys),
-                    "sentence_embeddings": text.sentence.float(),
-                    "indices": torch.tensor([index_of[k] for k in batch.keys], dtype=torch.long),
-                    "z": z,
-                    "eps": eps,
-                }
-                for _name, metric in built:
-                    metric.update(fake, info)
-                keys += info["keys"]
-                if write_images is not None:
-                    for image, key in zip(fake, batch.keys, strict=True):
-                        write_image(image, Path(write_images), key, number // per_pass)
-                done += take
-                if on_batch is not None:
-                    on_batch(done)
-    finally:
-        generator.train(was_training)
+    with torch.inference_mode():
+        for number, batch in enumerate(loader):
+            if done >= n:
+                break
+            take = min(batch_size, n - done)
+            batch = _head(batch, take).to(device)
+            z = torch.randn(take, z_dim, generator=noise).to(device)
+            eps = torch.randn(take, cond_dim, generator=noise).to(device)
+            with autocast():
+                text = text_features(text_encoder, batch, mask_ids)
+                fake = images(batch, text, z, eps)
+            fake = fake.float()
+            info = {
+                "captions": batch.captions,
+                "lengths": batch.lengths,
+                "class_ids": batch.class_ids,
+                "keys": list(batch.keys),
+                "sentence_embeddings": text.sentence.float(),
+                "indices": torch.tensor([index_of[k] for k in batch.keys], dtype=torch.long),
+                "z": z,
+                "eps": eps,
+            }
+            for _name, metric in built:
+                metric.update(fake, info)
+            keys += info["keys"]
+            if write_images is not None:
+                for image, key in zip(fake, batch.keys, strict=True):
+                    write_image(image, Path(write_images), key, number // per_pass)
+            done += take
+            if on_batch is not None:
+                on_batch(done)
     seconds = time.perf_counter() - start
     rows, items = [], {}
     stamp = dt.datetime.now().isoformat(timespec="seconds")
