@@ -1,0 +1,132 @@
+"""Checkpoint file handling that the training tests reach only on their happy path (t2i/train/checkpoint.py).
+
+Each test pins one behaviour a silent change would break without a crash: the names in the refusal of a pickle that
+refers to code, where ``best-<metric>.pt`` lands, what a fallback to an older checkpoint reports, and the liveness
+check of a temp file's writer (which must never signal the process it asks about).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2i.train import checkpoint as ckpt
+
+
+def _state(step: int = 1) -> dict:
+    return {"format_version": ckpt.FORMAT_VERSION, "step": step, "models": {"w": torch.ones(2)}}
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_pickled_global_names_the_class_a_plain_pickle_refers_to(tmp_path, protocol):
+    # protocol 2 writes GLOBAL ("argparse Namespace"), protocol 4 STACK_GLOBAL (two strings before it)
+    path = tmp_path / "foreign.pkl"
+    path.write_bytes(pickle.dumps({"args": Namespace(lr=0.1)}, protocol=protocol))
+    assert ckpt._pickled_global(path) == "argparse.Namespace"
+
+
+def test_pickled_global_is_none_for_plain_data_zip_files_and_random_bytes(tmp_path):
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"step": 3, "name": "a b", "values": [1.0, 2.0]}, protocol=4))
+    assert ckpt._pickled_global(plain) is None
+    zipped = tmp_path / "zip.pt"
+    torch.save({"net": Namespace(a=1)}, zipped)  # torch's own message names the global of a zip checkpoint
+    assert ckpt._pickled_global(zipped) is None
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(b"c not an identifier\n(\n" + bytes(range(256)))  # GLOBAL opcode with a non-identifier name
+    assert ckpt._pickled_global(noise) is None
+
+
+def test_a_plain_pickle_of_code_is_refused_naming_the_class(tmp_path):
+    path = tmp_path / "original.pth"
+    buffer = io.BytesIO()
+    pickle.dump({"args": Namespace(lr=0.1)}, buffer, protocol=2)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load(path)
+    assert "argparse.Namespace" in str(info.value) and "weights_only=True" in str(info.value)
+    assert "t2i import" in str(info.value)
+    assert str(info.value).startswith(str(path)) and not info.value.reason.startswith(str(path))
+
+
+def test_truncated_checkpoint_says_corrupt_or_truncated_with_the_cause(tmp_path):
+    path = tmp_path / "last.pt"
+    ckpt.save_atomic(_state(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load(path)
+    reason = info.value.reason
+    assert reason.startswith("is not a readable checkpoint (corrupt or truncated): ")
+    assert len(reason) > len("is not a readable checkpoint (corrupt or truncated): ") + 5  # names the cause
+
+
+def test_checkpoint_error_keeps_the_reason_without_the_path(tmp_path):
+    error = ckpt._unusable(tmp_path / "x.pt", "is broken")
+    assert str(error) == f"{tmp_path / 'x.pt'} is broken" and error.reason == "is broken"
+    assert ckpt.CheckpointError("whole message").reason == "whole message"
+
+
+def test_best_checkpoint_name_keeps_the_metric_readable(tmp_path):
+    keeper = ckpt.CheckpointKeeper(tmp_path)
+    path = keeper.save_best(_state(), "r_precision.v1 (val)/x")
+    assert path == tmp_path / "best-r_precision.v1__val__x.pt"
+    assert ckpt.load(path)["step"] == 1
+
+
+def test_fallback_to_an_older_checkpoint_names_every_file_tried(tmp_path):
+    keeper = ckpt.CheckpointKeeper(tmp_path, keep=3)
+    keeper.save(_state(100), 100, periodic=True)
+    keeper.save(_state(200), 200, periodic=True)
+    keeper.last.write_bytes(b"garbage")
+    (tmp_path / "step_00000200.pt").write_bytes(b"")
+    warnings: list[str] = []
+    state = keeper.latest_good(warn=warnings.append)
+    assert state["step"] == 100
+    (message,) = warnings
+    assert message.startswith(f"using step_00000100.pt in {tmp_path}; tried before it: last.pt (")
+    assert "; step_00000200.pt (is not a readable checkpoint: empty file (0 bytes))" in message
+
+
+def test_fallback_warning_goes_to_stderr_by_default(tmp_path, capsys):
+    keeper = ckpt.CheckpointKeeper(tmp_path, keep=3)
+    keeper.save(_state(100), 100, periodic=True)
+    keeper.last.write_bytes(b"garbage")
+    keeper.latest_good()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("warning: using step_00000100.pt in ") and captured.err.endswith("\n")
+
+
+def test_pid_alive_asks_without_signalling():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert ckpt._pid_alive(child.pid) is True
+        time.sleep(0.2)
+        assert child.poll() is None, "the liveness check signalled the process"
+    finally:
+        child.kill()
+        child.wait()
+    assert ckpt._pid_alive(child.pid) is False  # reaped: no such process
+    assert ckpt._pid_alive(__import__("os").getpid()) is True
+
+
+def test_stale_temp_of_a_dead_writer_on_this_host_is_removed(tmp_path):
+    host = ckpt._writer_tag().rsplit("-", 1)[0]
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = tmp_path / f".last.pt.{host}-{child.pid}.abc123.tmp"
+    alive = tmp_path / f".last.pt.{host}-{__import__('os').getpid()}.def456.tmp"
+    other_host = tmp_path / f".last.pt.otherhost{host}-{child.pid}.ghi789.tmp"
+    for temp in (dead, alive, other_host):
+        temp.write_bytes(b"partial")
+    removed = ckpt.remove_stale_temps(tmp_path)
+    assert removed == [dead] and alive.exists() and other_host.exists()
+    assert ckpt.remove_stale_temps(Path(tmp_path / "missing")) == []
