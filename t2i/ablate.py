@@ -349,7 +349,8 @@ def pretrain_missing(base: recipe_mod.Recipe, roles: set[str], folder: Path, log
 
 
 def shared_evaluators(recipe: recipe_mod.Recipe, vocab: Any) -> dict[str, Any]:
-    """The R-precision judge every variant is measured with: the (pre)trained DAMSM text + image encoders."""
+    """The judges every variant is measured with: the (pre)trained DAMSM text + image encoders (R-precision) and
+    the STREAM captioner where the recipe has one (captioner accuracy)."""
     import torch
 
     from t2i.networks import build_role, build_text_encoder, freeze, load_pretrained
@@ -359,12 +360,12 @@ def shared_evaluators(recipe: recipe_mod.Recipe, vocab: Any) -> dict[str, Any]:
         torch.manual_seed(recipe.seed)  # "random" judges (tests) are the same for every variant
         networks = {"text_encoder": freeze(build_text_encoder(recipe, len(vocab)))}
         load_pretrained(networks["text_encoder"], pre.text_encoder, "text_encoder", vocab, what="text_encoder", hint="")
-        if recipe.model.image_encoder is not None and not _missing(pre.image_encoder):
-            image_encoder = freeze(
-                build_role(recipe, "image_encoder", len(vocab), from_checkpoint=pre.image_encoder != "random")
-            )
-            load_pretrained(image_encoder, pre.image_encoder, "image_encoder", vocab, what="image_encoder", hint="")
-            networks["image_encoder"] = image_encoder
+        for role in ("image_encoder", "captioner"):
+            path = getattr(pre, role)
+            if getattr(recipe.model, role) is not None and not _missing(path):
+                module = freeze(build_role(recipe, role, len(vocab), from_checkpoint=path != "random"))
+                load_pretrained(module, path, role, vocab, what=role, hint="")
+                networks[role] = module
     return networks
 
 

@@ -164,8 +164,9 @@ def _encoder_from(state: dict[str, Any], role: str, vocab_size: int) -> nn.Modul
 def load_evaluators(model: LoadedModel, evaluator: str | Path | None = None) -> dict[str, nn.Module]:
     """Evaluator encoders: from ``evaluator`` (a DAMSM or GAN checkpoint), else the ones ``model`` was trained with.
 
-    Without ``evaluator`` the image encoder comes from the GAN checkpoint (DAMSM-trained models carry it) or from
-    the recipe's ``train.pretrained.image_encoder`` file; a model that has neither gets no R-precision judge.
+    Without ``evaluator`` the image encoder and the captioner come from the GAN checkpoint (models trained with DAMSM
+    or STREAM carry them) or from the recipe's ``train.pretrained`` files; a model that has neither gets no
+    R-precision judge (no captioner accuracy).
     """
     from t2i.train import checkpoint as ckpt
 
@@ -186,12 +187,13 @@ def load_evaluators(model: LoadedModel, evaluator: str | Path | None = None) -> 
             raise EvalSetupError(f"evaluator {state['_path']} holds no {', '.join(missing)}")
         return {r: m for r, m in networks.items() if m is not None}
     networks: dict[str, nn.Module] = {"text_encoder": model.text_encoder}
-    image_encoder = _encoder_from(model.state, "image_encoder", vocab_size)
-    pretrained = model.recipe.train.pretrained.image_encoder
-    if image_encoder is None and pretrained and Path(pretrained).is_file():
-        image_encoder = _encoder_from(ckpt.load(pretrained), "image_encoder", vocab_size)
-    if image_encoder is not None:
-        networks["image_encoder"] = image_encoder
+    for role in ("image_encoder", "captioner"):
+        module = _encoder_from(model.state, role, vocab_size)
+        pretrained = getattr(model.recipe.train.pretrained, role)
+        if module is None and pretrained and Path(pretrained).is_file():
+            module = _encoder_from(ckpt.load(pretrained), role, vocab_size)
+        if module is not None:
+            networks[role] = module
     return networks
 
 
