@@ -63,9 +63,22 @@ def test_truncated_checkpoint_says_corrupt_or_truncated_with_the_cause(tmp_path)
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ckpt.CheckpointError) as info:
         ckpt.load(path)
-    reason = info.value.reason
-    assert reason.startswith("is not a readable checkpoint (corrupt or truncated): ")
-    assert len(reason) > len("is not a readable checkpoint (corrupt or truncated): ") + 5  # names the cause
+    assert info.value.reason == (  # the exception type, then the first sentence of torch's message
+        "is not a readable checkpoint (corrupt or truncated): RuntimeError: PytorchStreamReader failed reading zip "
+        "archive: failed finding central directory"
+    )
+
+
+def test_bytes_that_are_no_pickle_of_code_get_torchs_reason_without_its_weights_only_advice(tmp_path):
+    path = tmp_path / "odd.pt"
+    path.write_bytes(b"\x80\x02Pabc\n.")  # a persistent-id opcode: refused by the weights-only unpickler
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load(path)
+    # torch's text goes on about weights_only=False; that advice is for pickles that name code, which this is not
+    assert (
+        info.value.reason
+        == "is not a readable checkpoint (corrupt or truncated): UnpicklingError: Unsupported operand 80"
+    )
 
 
 def test_checkpoint_error_keeps_the_reason_without_the_path(tmp_path):
@@ -76,9 +89,14 @@ def test_checkpoint_error_keeps_the_reason_without_the_path(tmp_path):
 
 def test_best_checkpoint_name_keeps_the_metric_readable(tmp_path):
     keeper = ckpt.CheckpointKeeper(tmp_path)
-    path = keeper.save_best(_state(), "r_precision.v1 (val)/x")
-    assert path == tmp_path / "best-r_precision.v1__val__x.pt"
+    path = keeper.save_best(_state(), "R_precision-2.v1 (val)/x")
+    assert path == tmp_path / "best-R_precision-2.v1__val__x.pt"
     assert ckpt.load(path)["step"] == 1
+    bad = _state()
+    bad["models"]["w"] = torch.tensor([float("nan")])
+    with pytest.raises(Exception, match=r"best-fid\.pt"):  # the refusal names the file it would have written
+        keeper.save_best(bad, "fid")
+    assert not (tmp_path / "best-fid.pt").exists()
 
 
 def test_fallback_to_an_older_checkpoint_names_every_file_tried(tmp_path):
@@ -93,6 +111,18 @@ def test_fallback_to_an_older_checkpoint_names_every_file_tried(tmp_path):
     (message,) = warnings
     assert message.startswith(f"using step_00000100.pt in {tmp_path}; tried before it: last.pt (")
     assert "; step_00000200.pt (is not a readable checkpoint: empty file (0 bytes))" in message
+
+
+def test_no_loadable_checkpoint_lists_what_was_tried(tmp_path):
+    keeper = ckpt.CheckpointKeeper(tmp_path, keep=3)
+    with pytest.raises(ckpt.CheckpointError, match=r"no loadable checkpoint in .*: no checkpoint files$"):
+        keeper.latest_good()
+    keeper.last.write_bytes(b"garbage")
+    (tmp_path / "step_00000100.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError) as info:
+        keeper.latest_good()
+    assert str(info.value).startswith(f"no loadable checkpoint in {tmp_path}: tried last.pt (")
+    assert str(info.value).endswith("); step_00000100.pt (is not a readable checkpoint: empty file (0 bytes))")
 
 
 def test_fallback_warning_goes_to_stderr_by_default(tmp_path, capsys):
@@ -116,6 +146,14 @@ def test_pid_alive_asks_without_signalling():
         child.wait()
     assert ckpt._pid_alive(child.pid) is False  # reaped: no such process
     assert ckpt._pid_alive(__import__("os").getpid()) is True
+
+
+def test_pid_of_another_users_process_counts_as_alive(monkeypatch):
+    def refuse(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(ckpt.os, "kill", refuse)
+    assert ckpt._pid_alive(1) is True  # exists, not ours: its temp file must stay
 
 
 def test_stale_temp_of_a_dead_writer_on_this_host_is_removed(tmp_path):
