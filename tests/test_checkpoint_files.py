@@ -168,3 +168,70 @@ def test_stale_temp_of_a_dead_writer_on_this_host_is_removed(tmp_path):
     removed = ckpt.remove_stale_temps(tmp_path)
     assert removed == [dead] and alive.exists() and other_host.exists()
     assert ckpt.remove_stale_temps(Path(tmp_path / "missing")) == []
+
+
+def test_load_takes_a_run_folder_or_a_file_and_names_what_is_missing(tmp_path):
+    run = tmp_path / "run"
+    ckpt.save_atomic(_state(7), run / "checkpoints" / "last.pt")
+    assert ckpt.load(run)["step"] == 7 and ckpt.load(run)["_path"] == str(run / "checkpoints" / "last.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"is a folder without checkpoints/last\.pt"):
+        ckpt.load(tmp_path)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load(tmp_path / "nope.pt")
+    assert str(info.value) == f"checkpoint not found: {tmp_path / 'nope.pt'}" and info.value.reason == "not found"
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ckpt.CheckpointError, match=r"^/.*empty\.pt is not a readable checkpoint: empty file"):
+        ckpt.load(tmp_path / "empty.pt")
+
+
+def test_a_torch_file_that_is_not_a_t2i_checkpoint_is_refused(tmp_path):
+    torch.save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "foreign.pt")
+    with pytest.raises(ckpt.CheckpointError, match="is not a t2i checkpoint \\(no format_version\\)"):
+        ckpt.load(tmp_path / "foreign.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ckpt.CheckpointError, match="is not a t2i checkpoint"):
+        ckpt.load(tmp_path / "list.pt")
+
+
+def test_atomic_write_goes_through_a_recognisable_temp_in_the_same_folder(tmp_path, monkeypatch):
+    renames = []
+    real_replace = ckpt.os.replace
+
+    def spy(source, target):
+        renames.append((Path(source), Path(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(ckpt.os, "replace", spy)
+    target = tmp_path / "deep" / "er" / "last.pt"  # parents are created
+    ckpt.save_atomic(_state(), target)
+    ((temp, final),) = renames
+    assert final == target and temp.parent == target.parent and not temp.exists()
+    match = ckpt._TEMP_RE.match(temp.name)  # what remove_stale_temps recognises as an orphan of this host and pid
+    assert match is not None and temp.name.startswith(".last.pt.") and temp.name.endswith(".tmp")
+    assert f"{match['host']}-{match['pid']}" == ckpt._writer_tag()
+
+
+def test_a_failed_write_leaves_neither_temp_nor_target(tmp_path, monkeypatch):
+    class DiskFull(OSError):
+        pass
+
+    def fail(obj, handle):
+        handle.write(b"partial")
+        raise DiskFull(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(DiskFull):
+        ckpt.save_atomic(_state(), tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_periodic_checkpoints_with_keep_one_and_nan_refusal_naming_last(tmp_path):
+    keeper = ckpt.CheckpointKeeper(tmp_path, keep=1)
+    for step in (10, 20, 30):
+        keeper.save(_state(step), step, periodic=True)
+    assert [p.name for p in keeper.periodic()] == ["step_00000030.pt"]
+    bad = _state(40)
+    bad["models"]["w"] = torch.tensor([float("inf")])
+    with pytest.raises(Exception, match=r"last\.pt"):
+        keeper.save(bad, 40, periodic=True)
+    assert ckpt.load(keeper.last)["step"] == 30
