@@ -163,10 +163,11 @@ def test_stale_temp_of_a_dead_writer_on_this_host_is_removed(tmp_path):
     dead = tmp_path / f".last.pt.{host}-{child.pid}.abc123.tmp"
     alive = tmp_path / f".last.pt.{host}-{__import__('os').getpid()}.def456.tmp"
     other_host = tmp_path / f".last.pt.otherhost{host}-{child.pid}.ghi789.tmp"
-    for temp in (dead, alive, other_host):
+    unrelated = tmp_path / ".a.tmp"  # not a checkpoint writer's name: left alone, and the others still checked
+    for temp in (unrelated, dead, alive, other_host):
         temp.write_bytes(b"partial")
     removed = ckpt.remove_stale_temps(tmp_path)
-    assert removed == [dead] and alive.exists() and other_host.exists()
+    assert removed == [dead] and alive.exists() and other_host.exists() and unrelated.exists()
     assert ckpt.remove_stale_temps(Path(tmp_path / "missing")) == []
 
 
@@ -188,6 +189,15 @@ def test_a_torch_file_that_is_not_a_t2i_checkpoint_is_refused(tmp_path):
     torch.save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "foreign.pt")
     with pytest.raises(ckpt.CheckpointError, match="is not a t2i checkpoint \\(no format_version\\)"):
         ckpt.load(tmp_path / "foreign.pt")
+    with pytest.raises(ckpt.CheckpointError, match=f"^{tmp_path / 'foreign.pt'} is not a t2i checkpoint"):
+        ckpt.load(tmp_path / "foreign.pt")
+    torch.save({"format_version": ckpt.FORMAT_VERSION + 1}, tmp_path / "newer.pt")
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load(tmp_path / "newer.pt")
+    assert str(info.value) == (
+        f"{tmp_path / 'newer.pt'} has format_version {ckpt.FORMAT_VERSION + 1}; "
+        f"this t2i reads up to {ckpt.FORMAT_VERSION}"
+    )
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ckpt.CheckpointError, match="is not a t2i checkpoint"):
         ckpt.load(tmp_path / "list.pt")
