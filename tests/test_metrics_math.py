@@ -167,3 +167,17 @@ def test_inception_score_protocol_and_seeded_shuffle(tmp_path, monkeypatch):
     probs = metric.per_item()["probs"]
     order = np.random.default_rng(7).permutation(12)
     assert values[0] == pytest.approx(inception_score(probs[order], 3)[0], rel=1e-12)
+
+
+def test_standard_fid_input_is_png_quantised_then_bilinear_299(tmp_path):
+    """pytorch-fid's path: [-1, 1] -> uint8 by rounding (what a PNG stores) -> bilinear to 299, align_corners=False."""
+    metric = _stub(FID)(FIDParams(), context=EvalContext(weights_dir=tmp_path, cache_dir=tmp_path))
+    images = torch.rand(2, 3, 17, 23, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1  # a little out of range
+    pixels = np.clip(np.rint((images.double().numpy() + 1) * 127.5), 0, 255)  # the PNG a user would have saved
+    expected = F.interpolate(torch.from_numpy(pixels / 127.5 - 1).float(), size=(299, 299), mode="bilinear",
+                             align_corners=False)  # fmt: skip
+    out = metric.prepare(images, real=False)
+    assert out.shape == (2, 3, 299, 299)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    same_size = torch.rand(1, 3, 299, 299) * 2 - 1
+    torch.testing.assert_close(metric.prepare(same_size, real=False), torch.round((same_size + 1) * 127.5) / 127.5 - 1)

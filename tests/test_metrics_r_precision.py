@@ -88,7 +88,16 @@ def test_negatives_exclude_the_class_and_use_the_global_rng():
     again = metric.draw_negatives(0)
     tokens = [int(c[0]) for c, _ in first]
     assert set(tokens) <= {2, 3} and {2, 3} <= set(tokens)  # only class-1 captions; repeats allowed
-    assert tokens == [int(c[0]) for c, _ in again]
+    assert tokens == [int(c[0]) for c, _ in again] and len(tokens) == 50
+    # DM-GAN's draw, step by step: an image index (rejected when of the same class), then a caption index
+    np.random.seed(7)
+    expected = []
+    while len(expected) < 50:
+        index = np.random.randint(0, 4)
+        if ToyData.classes[index] == 0:
+            continue
+        expected.append(ToyData.captions[index][np.random.randint(0, 2)][0])
+    assert sorted(tokens) == sorted(expected)
 
 
 def test_legacy_by_hand_ties_go_to_the_true_caption():
