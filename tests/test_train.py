@@ -382,6 +382,22 @@ def test_stream_pretraining_writes_a_captioner_the_gan_loads(data_root, tmp_path
     assert ours.keys() == pretrained.keys()
     different = [k for k in ours if not torch.equal(ours[k], pretrained[k])]
     assert not different, f"the GAN's captioner is not the pretrained checkpoint's: {different[:5]}"
+    # and `t2i eval` judges with that captioner (captioner_accuracy.v1), on generated and on real images
+    from typer.testing import CliRunner
+
+    from t2i.cli import app
+    from t2i.evaluate import load_evaluators, load_model
+
+    judges = load_evaluators(load_model(trainer.run.path))
+    assert all(torch.equal(judges["captioner"].state_dict()[k], pretrained[k]) for k in pretrained)
+    result = CliRunner().invoke(app, ["eval", str(trainer.run.path), "-m", "captioner_accuracy", "--n", "4",
+                                      "--batch-size", "4", "--references"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (trainer.run.path / "eval.jsonl").read_text().splitlines()]
+    assert rows[-1]["metric"] == "captioner_accuracy.v1" and rows[-1]["protocol"]["judge_is_trainer"] is True
+    assert 0 <= rows[-1]["value"] <= 1 and rows[-1]["n"] == 4
+    references = (trainer.run.path / "references.jsonl").read_text().splitlines()
+    assert [json.loads(line)["reference"] for line in references] == ["real", "shuffled"]
     random = recipe_mod.load("mirrorgan_shapes", tiny_overrides(data_root) + STREAM_TINY)
     untrained = GANTrainer(random, run_dirs.create(random, tmp_path / "gan3"), gan_set, quiet=True)
     floats = [k for k in ours if ours[k].is_floating_point()]
