@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,25 @@ def test_convert_writes_metadata_that_later_runs_read(tmp_path):
     assert again.source == "metadata.json" and again.vocab.sha256() == meta.vocab.sha256()
     assert again.splits["train"].captions == meta.splits["train"].captions
     assert json.loads((root / "metadata.json").read_text())["bboxes"]["001.Red_bird/Red_0001"] == [5, 4, 38, 30]
+
+
+def test_stored_metadata_is_used_only_when_it_matches_what_is_asked(tmp_path):
+    """metadata.json answers a read only for the same layout, caption convention, captions per image and bboxes."""
+    root = make_cub(tmp_path / "birds")
+    write_metadata(read_layout(root, CUB_LAYOUT, captions_per_image=2, need_bbox=False, prefer_metadata=False))
+    assert read_layout(root, CUB_LAYOUT, captions_per_image=2).source == "metadata.json"
+    for asked in (
+        {"captions_per_image": 1},  # another caption count
+        {"captions_per_image": 2, "convention": "B"},  # another caption convention
+        {"captions_per_image": 2, "need_bbox": True},  # the stored read had no bounding boxes
+    ):
+        meta = read_layout(root, CUB_LAYOUT, **asked)
+        assert meta.source != "metadata.json", asked
+        assert meta.captions_per_image == asked["captions_per_image"]
+        assert meta.vocab.convention == asked.get("convention", "A")
+        assert (meta.bboxes is not None) == asked.get("need_bbox", False)
+    coco = replace(CUB_LAYOUT, name="other")
+    assert read_layout(root, coco, captions_per_image=2).source != "metadata.json"  # another layout
 
 
 def test_malicious_split_pickle_is_refused(tmp_path):
