@@ -63,7 +63,8 @@ AXES: dict[str, tuple[str, str]] = {
 }
 
 
-# How the real-image references (``reference_rows``) are named in the tables.
+# The real-image references (``reference_rows``): where an ablation keeps them, and their names in the tables.
+REFERENCES_FILE = "references.json"
 REFERENCE_LABELS = {"real": "real images (ceiling)", "shuffled": "real images, shuffled captions (floor)"}
 
 
@@ -410,34 +411,30 @@ def reference_rows(
 ) -> list[dict[str, Any]]:
     """The test split's real images under the variants' metrics, captions and judges: own captions (the ceiling)
     and other images' captions (the floor). Computed once per ablation folder (``references.json``)."""
-    from t2i.evaluate import REFERENCES, evaluate_reference, metric_specs
+    from t2i.evaluate import evaluate_references, metric_specs
     from t2i.train.run_dir import write_atomic
 
-    path = folder / "references.json"
+    path = folder / REFERENCES_FILE
     if path.is_file():
         return saved_references(folder)
-    rows = []
-    for kind in REFERENCES:
-        result = evaluate_reference(
-            kind,
-            evaluators["text_encoder"],
-            test_set,
-            metric_specs(base, metric_names, test_set),
-            z_dim=base.model.z_dim,
-            cond_dim=base.model.cond_dim,
-            n=n or base.eval.n_samples,
-            batch_size=base.eval.batch_size,
-            evaluators=evaluators,
-            workers=base.data.workers,
-        )
-        rows += [{**row, "reference": kind} for row in result.rows]
+    rows = evaluate_references(
+        evaluators["text_encoder"],
+        test_set,
+        metric_specs(base, metric_names, test_set),
+        z_dim=base.model.z_dim,
+        cond_dim=base.model.cond_dim,
+        n=n or base.eval.n_samples,
+        batch_size=base.eval.batch_size,
+        evaluators=evaluators,
+        workers=base.data.workers,
+    )
     write_atomic(path, json.dumps({"rows": rows}, default=str) + "\n")
     return rows
 
 
 def saved_references(folder: Path) -> list[dict[str, Any]]:
     """The rows ``reference_rows`` kept in the ablation folder; [] when there are none."""
-    path = folder / "references.json"
+    path = folder / REFERENCES_FILE
     return json.loads(path.read_text())["rows"] if path.is_file() else []
 
 
@@ -481,7 +478,7 @@ def run_ablation(spec: AblationSpec, log: Callable[[str], None] = print) -> tupl
         summary = ", ".join(f"{r['metric']}={r['value']:.4f}" for r in rows)
         log(f"  {variant.label} seed {seed}: {summary} ({seconds:.0f} s)")
     references: list[dict[str, Any]] = []
-    if test_set is None and not (folder / "references.json").is_file():
+    if test_set is None and not (folder / REFERENCES_FILE).is_file():
         test_set = base.data.dataset.build(split=base.eval.split, image_sizes=[sizes[-1]])
         evaluators = shared_evaluators(next(iter(recipes.values())), test_set.vocab)  # with pretrained/ files
     try:

@@ -137,7 +137,7 @@ def evaluate_command(
         REFERENCES,
         append_rows,
         evaluate,
-        evaluate_reference,
+        evaluate_references,
         load_evaluators,
         load_model,
         metric_specs,
@@ -165,6 +165,19 @@ def evaluate_command(
     record = {**model.checkpoint_record(), "recipe": recipe.name, "generator": "live" if live else "ema"}
     if evaluator is not None:
         record["evaluator"] = str(evaluator)
+    # what the model's evaluation and the real-image references share: captions, batches, judges
+    shared = {
+        "z_dim": recipe.model.z_dim,
+        "cond_dim": recipe.model.cond_dim,
+        "n": count,
+        "batch_size": batch_size or recipe.eval.batch_size,
+        "seed": seed,
+        "device": rt.device,
+        "evaluators": evaluators,
+        "training_network_hashes": training_hashes(model),
+        "weights_dir": weights_dir,
+        "workers": recipe.data.workers,
+    }
     with Progress(
         TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
         console=err_console, transient=True,
@@ -175,21 +188,12 @@ def evaluate_command(
             model.text_encoder,
             dataset,
             specs,
-            z_dim=recipe.model.z_dim,
-            cond_dim=recipe.model.cond_dim,
-            n=count,
-            batch_size=batch_size or recipe.eval.batch_size,
-            seed=seed,
-            device=rt.device,
             precision=rt.precision,
-            evaluators=evaluators,
-            training_network_hashes=training_hashes(model),
             run_info={"checkpoint": record, "split": split},
-            weights_dir=weights_dir,
             write_images=write_images,
-            workers=recipe.data.workers,
             skip_unavailable=not explicit,
             on_batch=lambda done: bar.update(task, completed=done),
+            **shared,
         )
     for name, reason in result.skipped.items():
         err_console.print(f"[yellow]skipped {escape(name)}:[/] {escape(str(reason))}", highlight=False, soft_wrap=True)
@@ -198,25 +202,7 @@ def evaluate_command(
     path = append_rows(model.eval_file, rows)
     reference_rows = []
     if references:
-        for kind in REFERENCES:
-            reference = evaluate_reference(
-                kind,
-                model.text_encoder,
-                dataset,
-                specs,
-                z_dim=recipe.model.z_dim,
-                cond_dim=recipe.model.cond_dim,
-                n=count,
-                batch_size=batch_size or recipe.eval.batch_size,
-                seed=seed,
-                device=rt.device,
-                evaluators=evaluators,
-                training_network_hashes=training_hashes(model),
-                run_info={"split": split},
-                weights_dir=weights_dir,
-                workers=recipe.data.workers,
-            )
-            reference_rows += [{**row, "reference": kind} for row in reference.rows]
+        reference_rows = evaluate_references(model.text_encoder, dataset, specs, run_info={"split": split}, **shared)
         append_rows(model.eval_file.with_name("references.jsonl"), reference_rows)
 
     table = Table(

@@ -43,6 +43,7 @@ __all__ = [
     "evaluate",
     "evaluate_at_step",
     "evaluate_reference",
+    "evaluate_references",
     "higher_is_better",
     "items_path",
     "load_items",
@@ -274,6 +275,17 @@ def evaluate_reference(
         on_batch=on_batch,
         keep_items=False,
     )
+
+
+def evaluate_references(
+    text_encoder: nn.Module, dataset: Any, metrics: Sequence[MetricSpec], **options: Any
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_reference` for every kind in ``REFERENCES``; each row tagged with its ``reference``."""
+    rows = []
+    for kind in REFERENCES:
+        result = evaluate_reference(kind, text_encoder, dataset, metrics, **options)
+        rows += [{**row, "reference": kind} for row in result.rows]
+    return rows
 
 
 def _run(
