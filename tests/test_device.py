@@ -132,7 +132,7 @@ def test_meta_catches_a_tensor_made_on_the_cpu(data_root, on_meta):
 
 
 def test_sampling_and_an_evaluation_batch_on_meta(data_root, on_meta):
-    from t2i.evaluate import evaluate
+    from t2i.evaluate import evaluate, evaluate_references
     from t2i.metrics.base import Metric, MetricResult
     from t2i.train.samples import caption_batch, generate
 
@@ -173,6 +173,13 @@ def test_sampling_and_an_evaluation_batch_on_meta(data_root, on_meta):
         precision=rt.precision,
     )
     assert result.images == 4 and seen == [("meta", (4, 3, 64, 64), torch.float32)]
+    # the real-image references go through the same loop: the data's images land on the device too
+    seen.clear()
+    rows = evaluate_references(trainer.nets.text_encoder, dataset, [("device_probe.v1", registry.Params())],
+                               z_dim=trainer.recipe.model.z_dim, cond_dim=trainer.recipe.model.cond_dim, n=4,
+                               batch_size=4, device="meta")  # fmt: skip
+    assert [row["reference"] for row in rows] == ["real", "shuffled"]
+    assert seen == [("meta", (4, 3, 64, 64), torch.float32)] * 2
 
 
 def test_resume_moves_optimizer_states_to_the_target_device(data_root, tmp_path):
