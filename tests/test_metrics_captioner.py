@@ -87,3 +87,27 @@ def test_metric_averages_images_and_flags_the_captioner_the_generator_trained_ag
 def test_metric_without_a_captioner_says_what_it_needs():
     with pytest.raises(MetricError, match="needs the evaluator network.*captioner"):
         CaptionerAccuracy(CaptionerAccuracyParams(), context=EvalContext(networks={}))
+
+
+def test_metric_spread_cross_entropy_and_protocol_fields():
+    captioner = _captioner()
+    metric = CaptionerAccuracy(
+        CaptionerAccuracyParams(), context=EvalContext(batch_size=5, networks={"captioner": captioner})
+    )
+    images, captions, lengths = _batch()
+    metric.update(images, {"captions": captions, "lengths": lengths})
+    accuracy, ce = token_scores(captioner, images, captions, lengths)
+    result = metric.compute()
+    assert result.std == pytest.approx(float(accuracy.numpy().std()), abs=1e-12) and result.std > 0
+    assert result.details == {"cross_entropy": pytest.approx(float(ce.numpy().mean()), rel=1e-9)}
+    assert result.protocol["n_samples"] == 5 and result.protocol["metric"] == "captioner_accuracy.v1"
+    assert result.protocol["captioner"]["class"] == "StreamCaptioner"
+    assert result.protocol["judge_is_trainer"] is False  # no training fingerprint given
+
+
+def test_metric_of_no_images_is_nan_with_no_spread():
+    metric = CaptionerAccuracy(CaptionerAccuracyParams(), context=EvalContext(networks={"captioner": _captioner()}))
+    with pytest.warns(RuntimeWarning):  # numpy: mean of an empty array
+        result = metric.compute()
+    assert np.isnan(result.value) and result.std is None and result.n == 0 and result.protocol["n_samples"] == 0
+    assert metric.per_item()["scores"].shape == (0,)
