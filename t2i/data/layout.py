@@ -84,15 +84,26 @@ class Metadata:
     def from_json(cls, root: Path, data: dict[str, Any]) -> Metadata:
         if data.get("format") != METADATA_FORMAT:
             raise DataError(f"{root / METADATA_FILE}: unknown format {data.get('format')!r}; re-run t2i data convert")
-        return cls(
-            root=root,
-            layout=data["layout"],
-            vocab=Vocabulary.from_dict(data["vocab"]),
-            captions_per_image=data["captions_per_image"],
-            splits={name: SplitInfo(**s) for name, s in data["splits"].items()},
-            bboxes=data.get("bboxes"),
-            source=METADATA_FILE,
-        )
+        try:
+            meta = cls(
+                root=root,
+                layout=data["layout"],
+                vocab=Vocabulary.from_dict(data["vocab"]),
+                captions_per_image=data["captions_per_image"],
+                splits={name: SplitInfo(**s) for name, s in data["splits"].items()},
+                bboxes=data.get("bboxes"),
+                source=METADATA_FILE,
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise DataError(
+                f"{root / METADATA_FILE}: not a t2i metadata file ({error!r}); re-run t2i data convert"
+            ) from None
+        for name, split in meta.splits.items():
+            counts = {field: len(getattr(split, field)) for field in ("keys", "class_ids", "files", "captions")}
+            if len(set(counts.values())) != 1:
+                listed = ", ".join(f"{n} {field}" for field, n in counts.items())
+                raise DataError(f"{root / METADATA_FILE}: split {name!r} lists {listed}; re-run t2i data convert")
+        return meta
 
 
 def write_metadata(meta: Metadata, path: Path | None = None) -> Path:
@@ -155,6 +166,11 @@ def _strip_extension(name: str) -> str:
     return head if dot and "/" not in ext else name
 
 
+def _rows(path: Path, maxsplit: int = -1) -> list[tuple[int, list[str]]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [(number, line.split(maxsplit=maxsplit)) for number, line in enumerate(lines, 1) if line.strip()]
+
+
 def _read_bboxes(root: Path, spec: LayoutSpec) -> dict[str, list[float]]:
     base = root / (spec.bbox_dir or "")
     images_txt, boxes_txt = base / "images.txt", base / "bounding_boxes.txt"
@@ -164,17 +180,17 @@ def _read_bboxes(root: Path, spec: LayoutSpec) -> dict[str, list[float]]:
                 f"missing bounding-box file {path}: the CUB crop needs images.txt and bounding_boxes.txt in {base} "
                 "(or set crop_bbox=false)"
             )
-    names = [line.split(maxsplit=1) for line in images_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
-    boxes = [line.split() for line in boxes_txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # (line number, fields) of the non-blank lines: rows are matched by order, messages give each file's own line
+    names = _rows(images_txt, maxsplit=1)
+    boxes = _rows(boxes_txt)
     if len(names) != len(boxes):
         raise DataError(f"{boxes_txt}: {len(boxes)} rows but {images_txt} has {len(names)}; rows are matched by order")
     result = {}
-    for row, (name, box) in enumerate(zip(names, boxes, strict=True)):
-        if len(name) != 2 or len(box) != 5:
-            raise DataError(
-                f"{images_txt if len(name) != 2 else boxes_txt}:{row + 1}: malformed row; expected "
-                + ("'<id> <class_dir>/<name>.jpg'" if len(name) != 2 else "'<id> x y width height'")
-            )
+    for (name_line, name), (box_line, box) in zip(names, boxes, strict=True):
+        if len(name) != 2:
+            raise DataError(f"{images_txt}:{name_line}: malformed row; expected '<id> <class_dir>/<name>.jpg'")
+        if len(box) != 5:
+            raise DataError(f"{boxes_txt}:{box_line}: malformed row; expected '<id> x y width height'")
         result[_strip_extension(name[1].strip())] = [float(v) for v in box[1:]]
     return result
 
