@@ -49,6 +49,7 @@ __all__ = [
     "parse_alignment",
     "paired_summary",
     "preset_grid",
+    "reference_cells",
     "reference_rows",
     "run_ablation",
     "saved_references",
@@ -66,6 +67,16 @@ AXES: dict[str, tuple[str, str]] = {
 # The real-image references (``reference_rows``): where an ablation keeps them, and their names in the tables.
 REFERENCES_FILE = "references.json"
 REFERENCE_LABELS = {"real": "real images (ceiling)", "shuffled": "real images, shuffled captions (floor)"}
+
+
+def reference_cells(references: list[dict[str, Any]], metrics: list[str]) -> list[tuple[str, list[str]]]:
+    """(label, one formatted value per metric) of each real-image reference kind present: the tables' last rows."""
+    rows = []
+    for kind, label in REFERENCE_LABELS.items():
+        values = {r["metric"]: r["value"] for r in references if r["reference"] == kind}
+        if values:
+            rows.append((label, ["-" if values.get(m) is None else f"{values[m]:.4f}" for m in metrics]))
+    return rows
 
 
 class AblationError(ValueError):
@@ -627,11 +638,8 @@ def write_reports(
             r = cell.get((variant.label, metric))
             cells.append("-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}")
         lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
-    for kind, label in REFERENCE_LABELS.items():
-        values = {r["metric"]: r["value"] for r in references if r["reference"] == kind}
-        if values:
-            cells = ["-" if values.get(m) is None else f"{values[m]:.4f}" for m in metrics]
-            lines.append(f"| *{label}* | " + " | ".join(cells) + " |")
+    for label, cells in reference_cells(references, metrics):
+        lines.append(f"| *{label}* | " + " | ".join(cells) + " |")
     protocols = sorted({(r["metric"], p) for r in table for p in r["protocols"]})
     lines += ["", "Protocols: " + ", ".join(f"{m} [{p}]" for m, p in protocols)]
     mixed = [m for m in metrics if len({p for r in table if r["metric"] == m for p in r["protocols"]}) > 1]

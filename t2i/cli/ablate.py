@@ -60,7 +60,7 @@ def ablate(
     """
     from rich.table import Table
 
-    from t2i.ablate import REFERENCE_LABELS, AblationSpec, paired_summary, run_ablation, saved_references, summarise
+    from t2i.ablate import AblationSpec, paired_summary, reference_cells, run_ablation, saved_references, summarise
     from t2i.ablate import preset as find_preset
 
     check_output(out if out is not None else runs, "--out" if out is not None else "--runs", folder=True)
@@ -99,10 +99,8 @@ def ablate(
             values.append("-" if r is None else f"{r['mean']:.4f} ± {r['std']:.4f}")
         table.add_row(escape(variant.label), *values)
     references = saved_references(folder)
-    for kind, label in REFERENCE_LABELS.items():
-        values = {r["metric"]: r["value"] for r in references if r["reference"] == kind}
-        if values:
-            table.add_row(label, *[f"{values[m]:.4f}" if m in values else "-" for m in metrics], style="dim")
+    for label, cells in reference_cells(references, metrics):
+        table.add_row(label, *cells, style="dim")
     console.print(table)
     paired, notes = paired_summary(folder, grid, results, level=level, bootstrap=bootstrap)
     console.print(paired_table(paired, f"paired differences over the evaluated images, {seeds} seed(s)"))
