@@ -220,7 +220,7 @@ def test_eval_references_score_real_images_above_shuffled_captions(trained_run):
 
 def test_reference_images_are_the_batch_items_own_or_the_next_ones(trained_run, monkeypatch):
     """ "real" feeds each item's own image; "shuffled" the next item's, so every caption meets another image."""
-    from t2i.evaluate import evaluate_reference, load_model
+    from t2i.evaluate import evaluate_reference, evaluate_references, load_model
     from t2i.metrics.base import Metric, MetricResult
     from t2i.registry import get_registry
 
@@ -255,3 +255,9 @@ def test_reference_images_are_the_batch_items_own_or_the_next_ones(trained_run, 
     assert torch.equal(shuffled, own.roll(1, dims=0)) and not torch.equal(shuffled, own)
     with pytest.raises(ValueError, match="use one of real, shuffled"):
         evaluate_reference("fake", model.text_encoder, dataset, specs, z_dim=1, cond_dim=1, n=4)
+    progress: list[tuple[str, int]] = []
+    rows = evaluate_references(model.text_encoder, dataset, specs, z_dim=recipe.model.z_dim,
+                               cond_dim=recipe.model.cond_dim, n=4, batch_size=2,
+                               on_batch=lambda kind, done: progress.append((kind, done)))  # fmt: skip
+    assert [row["reference"] for row in rows] == ["real", "shuffled"]
+    assert progress == [("real", 2), ("real", 4), ("shuffled", 2), ("shuffled", 4)]  # what the progress bars show

@@ -202,7 +202,19 @@ def evaluate_command(
     path = append_rows(model.eval_file, rows)
     reference_rows = []
     if references:
-        reference_rows = evaluate_references(model.text_encoder, dataset, specs, run_info={"split": split}, **shared)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(), console=err_console, transient=True,
+        ) as bar:  # fmt: skip
+            tasks = {kind: bar.add_task(label, total=count) for kind, label in REFERENCES.items()}
+            reference_rows = evaluate_references(
+                model.text_encoder,
+                dataset,
+                specs,
+                run_info={"split": split},
+                on_batch=lambda kind, done: bar.update(tasks[kind], completed=done),
+                **shared,
+            )
         append_rows(model.eval_file.with_name("references.jsonl"), reference_rows)
 
     table = Table(

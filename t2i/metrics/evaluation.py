@@ -13,6 +13,7 @@ calls this module as StyleGAN's loop calls its metrics, and nothing here knows a
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import time
@@ -278,12 +279,21 @@ def evaluate_reference(
 
 
 def evaluate_references(
-    text_encoder: nn.Module, dataset: Any, metrics: Sequence[MetricSpec], **options: Any
+    text_encoder: nn.Module,
+    dataset: Any,
+    metrics: Sequence[MetricSpec],
+    *,
+    on_batch: Callable[[str, int], None] | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
-    """:func:`evaluate_reference` for every kind in ``REFERENCES``; each row tagged with its ``reference``."""
+    """:func:`evaluate_reference` for every kind in ``REFERENCES``; each row tagged with its ``reference``.
+
+    ``on_batch(kind, images_done)`` after each batch of each kind (for a progress bar).
+    """
     rows = []
     for kind in REFERENCES:
-        result = evaluate_reference(kind, text_encoder, dataset, metrics, **options)
+        report = None if on_batch is None else functools.partial(on_batch, kind)
+        result = evaluate_reference(kind, text_encoder, dataset, metrics, on_batch=report, **options)
         rows += [{**row, "reference": kind} for row in result.rows]
     return rows
 
