@@ -143,7 +143,10 @@ def _load(net: nn.Module, path: Path) -> None:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as error:  # torch's message lists the keys and shapes but not the file
+        raise weights.WeightsError(f"{path}: these weights do not fit {type(net).__name__}: {error}") from None
 
 
 def fid_inception(weights_dir: Path, *, allow_random: bool = False, seed: int = 0) -> InceptionBackbone:

@@ -66,8 +66,11 @@ class StatsCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, mu=mu, sigma=sigma, n=np.int64(n), key=np.str_(key), meta=np.str_(json.dumps(meta)))
-        os.replace(tmp, path)
+        try:
+            np.savez(tmp, mu=mu, sigma=sigma, n=np.int64(n), key=np.str_(key), meta=np.str_(json.dumps(meta)))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # after a failed write: no half-written file left in the cache
         return path
 
     def get_or_compute(
