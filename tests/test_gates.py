@@ -16,7 +16,7 @@ from PIL import Image
 
 from t2i import recipe as recipes
 from t2i.networks import build_generator, build_text_encoder
-from t2i.refiners.gates import gate_means, log_values, record_gates, sheet_row
+from t2i.refiners.gates import concat, gate_means, log_values, record_gates, select, sheet_row
 
 TINY = ["model.gf_dim=4", "model.text_dim=6", "model.cond_dim=5", "model.z_dim=7", "model.base_size=8"]
 
@@ -161,6 +161,26 @@ def test_sheet_draws_write_bars_and_gate_maps(tmp_path: Path) -> None:
     assert 0 < float(record["write"][0, 0]) < 1
     with pytest.raises(ValueError, match="2 rows but 1 gate rows"):
         viz.attention_sheet(rows, words, cell=32, gates=[None])
+
+
+def test_select_and_concat_keep_rows_and_pad_short_captions_as_padding() -> None:
+    """select takes rows to the CPU as float32 (bool stays bool); concat pads write with 0 and padding with True."""
+    first = {2: {"write": torch.tensor([[0.5, 0.25], [0.75, 0.125]], dtype=torch.float64),
+                 "padding": torch.tensor([[False, False], [False, True]]),
+                 "response": torch.rand(2, 3, 3, dtype=torch.float16)}}  # fmt: skip
+    picked = select(first, [1])
+    assert picked[2]["write"].dtype == torch.float32 and picked[2]["response"].dtype == torch.float32
+    assert torch.equal(picked[2]["write"], torch.tensor([[0.75, 0.125]]))
+    assert torch.equal(picked[2]["padding"], torch.tensor([[False, True]]))
+    assert torch.equal(select(first, torch.tensor([1, 0]))[2]["padding"], first[2]["padding"].flip(0))
+    second = {2: {"write": torch.full((1, 4), 0.5), "padding": torch.zeros(1, 4, dtype=torch.bool),
+                  "response": torch.rand(1, 3, 3)}}  # fmt: skip
+    joined = concat([select(first, [0, 1]), second])[2]
+    assert torch.equal(joined["write"], torch.tensor([[0.5, 0.25, 0, 0], [0.75, 0.125, 0, 0], [0.5] * 4]))
+    assert joined["padding"].tolist() == [[False, False, True, True], [False, True, True, True], [False] * 4]
+    assert joined["response"].shape == (3, 3, 3) and concat([]) == {}
+    # the padded words do not count in the mean write gate
+    assert gate_means(joined)["write_mean"] == pytest.approx((0.5 + 0.25 + 0.75 + 4 * 0.5) / 7)
 
 
 def test_gate_keys_are_json_numbers() -> None:
