@@ -100,6 +100,28 @@ def test_nonfinite_parameters_stop_naming_network_step_and_last_good(data_root, 
     assert state["step"] == 2 and all_finite(state)
 
 
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_loss_from_diverged_networks_names_both(data_root, tmp_path, policy):
+    """Networks that went NaN between network checks show up as a NaN loss: the networks are named with the loss."""
+    from t2i.train.finite import NonFiniteError
+
+    trainer = nan_grad_trainer(data_root, tmp_path, ["train.finite_check_every=1000", f'train.nan_policy="{policy}"'])
+    last = trainer.run.checkpoints / "last.pt"
+    # G's Adam step of step 3 goes NaN, unchecked (finite_check_every=1000); step 4's D loss on G's images is NaN
+    what = "step 4: generator, generator EMA hold NaN or Inf values (loss term 'D0' is nan)"
+    if policy == "stop":
+        with pytest.raises(NonFiniteError) as info:
+            trainer.fit(steps=6)
+        assert str(info.value) == f"{what}; stopped. The last good checkpoint is {last}"
+        return
+    trainer.fit(steps=6)
+    log = trainer.run.log_file.read_text()
+    assert f"{what}; restored the networks and optimiser states of step 2 from last.pt and continuing" in log
+    steps = [json.loads(line)["step"] for line in trainer.run.metrics_file.read_text().splitlines()]
+    assert 4 not in steps and steps[-1] == 6  # the step that found them was skipped
+    assert all_finite(ckpt.load(last))
+
+
 def test_nonfinite_parameters_are_checked_before_every_checkpoint(data_root, tmp_path):
     from t2i.train.finite import NonFiniteError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -203,14 +204,32 @@ def test_nan_stops_with_term_and_step_and_keeps_last_good(data_root, tmp_path):
     import_user_file(plugin)
     recipe, dataset = make(data_root, ["train.checkpoint_every=1", 'train.alignment=[{name="nan_at", at_call=3}]'])
     trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
-    with pytest.raises(NonFiniteLossError, match=r"loss term 'nan_at' is nan at step 3"):
+    with pytest.raises(NonFiniteLossError) as info:
         trainer.fit(steps=5)
+    assert str(info.value) == (
+        f"loss term 'nan_at' is nan at step 3; stopped. The last good checkpoint is {trainer.run.checkpoints}/last.pt "
+        '(set train.nan_policy = "skip" to skip such batches instead)'
+    )
     assert ckpt.load(trainer.run.checkpoints / "last.pt")["step"] == 2
 
     recipe, dataset = make(data_root, ['train.alignment=[{name="nan_at", at_call=2}]', 'train.nan_policy="skip"'])
     skipping = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs2"), dataset, quiet=True)
+    step, calls = skipping.train_step, []
+
+    def train_step(batch):  # the generator's weights before and after each step
+        before = {k: p.detach().clone() for k, p in skipping.nets.generator.named_parameters()}
+        logs = step(batch)
+        calls.append((logs, before, {k: p.detach().clone() for k, p in skipping.nets.generator.named_parameters()}))
+        return logs
+
+    skipping.train_step = train_step
     skipping.fit(steps=3)
-    assert "skipping this batch" in skipping.run.log_file.read_text()
+    assert "step 2: loss term nan_at is nan; skipping this batch (nan_policy=skip)" in skipping.run.log_file.read_text()
+    (first, *_), (skipped, before, after), (third, *_) = calls
+    assert first is not None and skipped is None and third is not None
+    assert all(torch.equal(before[k], after[k]) for k in before), "a skipped batch must not update the generator"
+    steps = [json.loads(line)["step"] for line in skipping.run.metrics_file.read_text().splitlines()]
+    assert steps == [1, 3]
     assert all(torch.isfinite(p).all() for p in skipping.nets.generator.parameters())
 
 
