@@ -163,6 +163,40 @@ def test_sheet_draws_write_bars_and_gate_maps(tmp_path: Path) -> None:
         viz.attention_sheet(rows, words, cell=32, gates=[None])
 
 
+def test_sheet_row_is_one_samples_write_gates_and_labelled_maps() -> None:
+    """sheet_row picks sample ``row``: its first n_words write gates and each gate map under its label."""
+    record = {"write": torch.arange(12.0).view(2, 6), "response": torch.rand(2, 4, 4), "shares": torch.rand(2, 3, 4, 4)}
+    row = sheet_row(record, 1, 3)
+    assert torch.equal(row.write, torch.tensor([6.0, 7.0, 8.0]))
+    assert [label for label, _ in row.maps] == ["response", "image part", "local memory", "global memory"]
+    assert torch.equal(row.maps[0][1], record["response"][1])
+    assert all(torch.equal(m, record["shares"][1, k]) for k, (_, m) in enumerate(row.maps[1:]))
+    only_shares = sheet_row({"shares": record["shares"]}, 0, 2)
+    assert only_shares.write is None and [label for label, _ in only_shares.maps][0] == "image part"
+    assert sheet_row({}, 0, 2) is None and sheet_row(None, 0, 2) is None
+
+
+def test_gate_refiners_are_keyed_by_stage_number_or_by_name() -> None:
+    """A refiner at ``stages.<i>.refiner`` is stage i + 2; one elsewhere keeps its module path as its key."""
+    from t2i.refiners.gates import GateRecorder, gate_refiners
+
+    class Gated(torch.nn.Module, GateRecorder):
+        pass
+
+    holder = torch.nn.Module()
+    holder.stages = torch.nn.ModuleList([torch.nn.Module(), torch.nn.Module()])
+    holder.stages[1].refiner = Gated()
+    holder.extra = Gated()
+    assert gate_refiners(holder) == {3: holder.stages[1].refiner, "extra": holder.extra}
+
+
+def test_mean_write_gate_of_a_single_real_word_is_that_word() -> None:
+    """The mean over real words divides by their count (at least one), not by a larger floor."""
+    record = {"write": torch.tensor([[0.25, 0.9]]), "padding": torch.tensor([[False, True]])}
+    assert gate_means(record)["write_mean"] == 0.25
+    assert gate_means({"write": torch.tensor([[0.25]]), "padding": torch.tensor([[True]])})["write_mean"] == 0.0
+
+
 def test_select_and_concat_keep_rows_and_pad_short_captions_as_padding() -> None:
     """select takes rows to the CPU as float32 (bool stays bool); concat pads write with 0 and padding with True."""
     first = {2: {"write": torch.tensor([[0.5, 0.25], [0.75, 0.125]], dtype=torch.float64),
