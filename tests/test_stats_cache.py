@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from test_metrics_fid import _stub
 
 from t2i.metrics import stats_cache
 from t2i.metrics.base import EvalContext
@@ -253,18 +253,6 @@ def test_get_or_compute_computes_once_then_reads_the_cache(tmp_path):
 
 
 # -- through FID -------------------------------------------------------------------------------------------------------
-class _Stub(nn.Module):
-    info = {"name": "stub", "weights_file": None, "sha256": "stub"}
-
-    def forward(self, x):
-        return torch.cat([x.mean((2, 3)), (x**2).mean((2, 3))], 1)
-
-
-class _StubFID(FID):
-    def build_backbone(self):
-        return _Stub()
-
-
 class _Birds(_Data):
     def __init__(self, split="test", imsize=32):
         super().__init__(split=split)
@@ -283,7 +271,7 @@ def test_fid_cache_key_follows_the_split_and_the_image_size(tmp_path):
 
     def evaluate(dataset):
         ctx = EvalContext(weights_dir=tmp_path, cache_dir=tmp_path / "cache", dataset=dataset, real_images=real_images)
-        metric = _StubFID(FIDParams(), context=ctx)
+        metric = _stub(FID)(FIDParams(), context=ctx)
         metric.update(fake, {})
         return metric.compute().protocol["reference"]
 
