@@ -130,7 +130,6 @@ def evaluate_command(
         raise UserError("give a CHECKPOINT (run folder or .pt file) or --images DIR")
     if reference is not None or save_stats is not None:
         raise UserError("--reference and --save-stats go with --images DIR")
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from t2i.evaluate import (
@@ -178,11 +177,8 @@ def evaluate_command(
         "weights_dir": weights_dir,
         "workers": recipe.data.workers,
     }
-    with Progress(
-        TextColumn("generating"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-        console=err_console, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("eval", total=count)
+    with _counted_progress() as bar:
+        task = bar.add_task("generating", total=count)
         result = evaluate(
             model.generator,
             model.text_encoder,
@@ -202,10 +198,7 @@ def evaluate_command(
     path = append_rows(model.eval_file, rows)
     reference_rows = []
     if references:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(), console=err_console, transient=True,
-        ) as bar:  # fmt: skip
+        with _counted_progress() as bar:
             tasks = {kind: bar.add_task(label, total=count) for kind, label in REFERENCES.items()}
             reference_rows = evaluate_references(
                 model.text_encoder,
@@ -245,6 +238,14 @@ def evaluate_command(
     console.print(f"appended {len(rows)} row(s) to {path}", markup=False)
     if reference_rows:
         console.print(f"references: {model.eval_file.with_name('references.jsonl')}", markup=False)
+
+
+def _counted_progress():
+    """A bar per task (its description as the label), done/total and the time left; gone when finished."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeRemainingColumn(), console=err_console, transient=True)  # fmt: skip
 
 
 def _progress(label: str):
