@@ -245,3 +245,90 @@ def test_periodic_checkpoints_with_keep_one_and_nan_refusal_naming_last(tmp_path
     with pytest.raises(Exception, match=r"last\.pt"):
         keeper.save(bad, 40, periodic=True)
     assert ckpt.load(keeper.last)["step"] == 30
+
+
+def test_writer_tag_keeps_the_host_s_letters_and_digits_up_to_32(monkeypatch):
+    # the tag must match _TEMP_RE's host group whatever the host is called, and stay short in a file name
+    monkeypatch.setattr(ckpt.socket, "gethostname", lambda: "GPU-node_07.Lab" + "x" * 40)
+    tag = ckpt._writer_tag()
+    assert tag == f"GPUnode07Lab{'x' * 20}-{__import__('os').getpid()}"
+    assert ckpt._TEMP_RE.match(f".last.pt.{tag}.abc.tmp")["host"] == tag.rsplit("-", 1)[0]
+
+
+def test_refusing_a_plain_pickle_shows_no_torch_protocol_warning_before_the_message(tmp_path):
+    import warnings
+
+    path = tmp_path / "original.pth"
+    path.write_bytes(pickle.dumps({"args": Namespace(lr=0.1)}, protocol=4))
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(ckpt.CheckpointError, match="refers to argparse.Namespace"):
+            ckpt.load(path)
+    assert [str(w.message) for w in shown] == []  # torch's "Detected pickle protocol 4" note says nothing useful
+
+
+def test_a_load_failure_without_a_message_gives_the_exception_type_alone(tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"\x00")
+    assert ckpt._load_failure(path, ValueError("")) == "is not a readable checkpoint (corrupt or truncated): ValueError"
+    # torch's weights-only text without an "Unsupported" line: nothing of it is worth repeating
+    failure = ckpt._load_failure(path, RuntimeError("Weights only load failed. Re-running with weights_only=False"))
+    assert failure == "is not a readable checkpoint (corrupt or truncated): RuntimeError"
+    long = ckpt._load_failure(path, OSError("y" * 300 + ". second sentence"))
+    assert long == "is not a readable checkpoint (corrupt or truncated): OSError: " + "y" * 200
+
+
+def test_the_refusal_of_a_pickle_of_code_is_whole(tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_bytes(pickle.dumps(Namespace(), protocol=2))
+    assert ckpt._load_failure(path, RuntimeError("boom")) == (
+        "needs arbitrary unpickling (it refers to argparse.Namespace), which t2i refuses (weights_only=True). "
+        "If it is an original AttnGAN/DM-GAN file, convert it with `t2i import`."
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "named"),
+    [
+        ("argparse", "Namespace", True),
+        ("torch._utils", "_rebuild_tensor_v2", True),
+        ("x", "9y", False),
+        ("a.b", "9c", False),
+        ("a.9b", "c", False),
+        ("a..b", "c", False),
+    ],
+)
+def test_pickled_global_needs_every_dotted_part_to_be_an_identifier(tmp_path, module, name, named):
+    path = tmp_path / "g.pkl"
+    path.write_bytes(b"c" + f"{module}\n{name}\n".encode() + b".")  # protocol 0 GLOBAL
+    assert ckpt._pickled_global(path) == (f"{module}.{name}" if named else None)
+
+
+def test_pickled_global_gives_up_after_max_ops_opcodes(tmp_path):
+    path = tmp_path / "late.pkl"
+    path.write_bytes(pickle.dumps([0, 1, 2, Namespace()], protocol=2))
+    import pickletools
+
+    position = next(i for i, (op, _a, _p) in enumerate(pickletools.genops(path.read_bytes())) if op.name == "GLOBAL")
+    assert ckpt._pickled_global(path, max_ops=position + 1) == "argparse.Namespace"
+    assert ckpt._pickled_global(path, max_ops=position) is None
+
+
+def test_a_temp_as_old_as_the_newest_checkpoint_is_kept(tmp_path):
+    import os
+
+    ckpt.save_atomic(_state(), tmp_path / "last.pt")
+    stamp = (tmp_path / "last.pt").stat().st_mtime
+    same = tmp_path / ".step.pt.otherhost-1.abc.tmp"  # another host's writer: only its age can make it stale
+    older = tmp_path / ".step.pt.otherhost-2.def.tmp"
+    for temp, mtime in ((same, stamp), (older, stamp - 10)):
+        temp.write_bytes(b"partial")
+        os.utime(temp, (mtime, mtime))
+    assert ckpt.remove_stale_temps(tmp_path) == [older] and same.exists()
+
+
+def test_a_keeper_keeps_three_periodic_checkpoints_by_default(tmp_path):
+    keeper = ckpt.CheckpointKeeper(tmp_path)
+    for step in (1, 2, 3, 4, 5):
+        keeper.save(_state(step), step, periodic=True)
+    assert [p.name for p in keeper.periodic()] == [f"step_0000000{s}.pt" for s in (3, 4, 5)]

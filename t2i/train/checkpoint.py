@@ -101,7 +101,7 @@ def _unusable(path: Path, reason: str) -> CheckpointError:
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL (\S+)")
-_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][\w.]*$")
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_]\w*$")
 
 
 def _load_failure(path: Path, exc: Exception) -> str:
@@ -149,7 +149,7 @@ def _pickled_global(path: Path, max_ops: int = 100_000) -> str | None:
                     if isinstance(arg, str):
                         strings = [*strings[-1:], arg]
                     continue
-                return name if all(_IDENTIFIER_RE.match(p) for p in name.split(".", 1)) else None
+                return name if all(_IDENTIFIER_RE.match(part) for part in name.split(".")) else None
         except Exception:  # not a pickle (or a damaged one) from here on
             return None
     return None
