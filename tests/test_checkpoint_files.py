@@ -332,3 +332,21 @@ def test_a_keeper_keeps_three_periodic_checkpoints_by_default(tmp_path):
     for step in (1, 2, 3, 4, 5):
         keeper.save(_state(step), step, periodic=True)
     assert [p.name for p in keeper.periodic()] == [f"step_0000000{s}.pt" for s in (3, 4, 5)]
+
+
+def test_periodic_files_only_when_asked_and_kept(tmp_path):
+    keeper = ckpt.CheckpointKeeper(tmp_path, keep=2)
+    assert keeper.save(_state(1), 1, periodic=False) == [keeper.last]
+    assert keeper.periodic() == []
+    none_kept = ckpt.CheckpointKeeper(tmp_path / "zero", keep=0)  # keep_checkpoints = 0: last.pt only
+    assert none_kept.save(_state(2), 2, periodic=True) == [none_kept.last]
+    assert sorted(p.name for p in (tmp_path / "zero").iterdir()) == ["last.pt"]
+
+
+def test_without_last_pt_the_newest_periodic_checkpoint_is_used_quietly(tmp_path):
+    keeper = ckpt.CheckpointKeeper(tmp_path, keep=3)
+    keeper.save(_state(10), 10, periodic=True)
+    keeper.save(_state(20), 20, periodic=True)
+    keeper.last.unlink()  # e.g. deleted by hand: nothing failed to load, so nothing to warn about
+    warnings: list[str] = []
+    assert keeper.latest_good(warn=warnings.append)["step"] == 20 and warnings == []
