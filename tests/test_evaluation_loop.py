@@ -10,6 +10,7 @@ drawn z then ε per batch), so a changed seed, order, count or field fails a tes
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,9 +39,9 @@ Z_DIM, COND_DIM, SIZE = 3, 2, 16
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """The test split of a 40-image shapes set: 8 items, 16 px."""
+    """The test split of a 40-image shapes set: 8 items, three stages up to 16 px (the last one is evaluated)."""
     root = tmp_path_factory.mktemp("evalloop") / "shapes"
-    return build_shapes(ShapesParams(root=str(root), n=40, size=32), split="test", image_sizes=[8, SIZE])
+    return build_shapes(ShapesParams(root=str(root), n=40, size=32), split="test", image_sizes=[4, 8, SIZE])
 
 
 class TextEncoder(nn.Module):
@@ -71,7 +72,7 @@ class Generator(nn.Module):
         words = words.masked_fill(mask[:, None, :], 0.0)
         code = z.sum(1) + 0.5 * eps.sum(1) + sentence.sum(1) + 0.1 * words.sum((1, 2))  # (B,)
         images = torch.tanh(code.double()[:, None] * self.pattern).view(-1, 3, SIZE, SIZE)
-        return SimpleNamespace(images=[images[:, :, ::2, ::2], images])
+        return SimpleNamespace(images=[images[:, :, ::4, ::4], images[:, :, ::2, ::2], images])
 
 
 class RecorderParams(BaseModel):
@@ -172,6 +173,19 @@ def expected_batches(dataset, generator, encoder, *, n, batch_size, seed=100):
     return out
 
 
+class Precision:
+    """Counts the autocast regions the loop opens (the real one casts to fp16/bf16 on a GPU)."""
+
+    def __init__(self):
+        self.regions = 0
+
+    def autocast(self):
+        from contextlib import nullcontext
+
+        self.regions += 1
+        return nullcontext()
+
+
 def run(dataset, metrics, generator=None, encoder=None, **options):
     if generator is None:
         generator, encoder = nets(dataset)
@@ -183,7 +197,11 @@ def run(dataset, metrics, generator=None, encoder=None, **options):
 def test_each_batch_carries_the_generated_images_and_everything_they_came_from(dataset, recorders):
     generator, encoder = nets(dataset)
     calls: list[int] = []
-    result = run(dataset, [spec()], generator, encoder, n=7, batch_size=3, on_batch=calls.append)
+    precision = Precision()
+    started = time.perf_counter()
+    result = run(dataset, [spec()], generator, encoder, n=7, batch_size=3, on_batch=calls.append, precision=precision)
+    assert 0 < result.seconds <= time.perf_counter() - started
+    assert precision.regions == 3  # generation autocasts, batch by batch
     want = expected_batches(dataset, Generator(), encoder, n=7, batch_size=3)
     (recorder,) = recorders
     assert [len(fake) for fake, _ in recorder.seen] == [3, 3, 1] and calls == [3, 6, 7] and result.images == 7
@@ -278,12 +296,14 @@ def test_the_context_a_metric_is_built_with(dataset, recorders, tmp_path):
 
 def test_the_context_can_regenerate_captions_given_in_any_order(dataset, recorders):
     generator, encoder = nets(dataset)
-    run(dataset, [spec()], generator, encoder, n=6, batch_size=6)
+    precision = Precision()
+    run(dataset, [spec()], generator, encoder, n=6, batch_size=6, precision=precision)
     (recorder,) = recorders
     fake, info = recorder.seen[0]
     order = torch.tensor([2, 0, 5, 1, 4, 3])  # not sorted by length
     again = recorder.context.generate(info["captions"][order], info["lengths"][order], info["z"][order],
                                       info["eps"][order])  # fmt: skip
+    assert precision.regions == 2  # the evaluation's batch, then the regeneration
     assert again.dtype == torch.float32
     torch.testing.assert_close(again, fake[order], rtol=0, atol=1e-6)
     assert generator.training is True  # regenerating leaves the mode alone: evaluate restored it already
@@ -344,18 +364,24 @@ def test_images_are_written_under_the_original_names_one_pass_each(dataset, reco
 
 
 def test_write_image_truncates_like_the_originals(tmp_path):
-    image = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 1.5]).view(1, 1, 6).expand(3, 1, 6)
+    image = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.999, 1.0, 1.5]).view(1, 1, 7).expand(3, 1, 7)
     path = ev.write_image(image, tmp_path / "a" / "b", "001.class/item", 2)
     assert path == tmp_path / "a" / "b" / "001.class" / "item_s-1_2.png"
     pixels = np.asarray(Image.open(path))
-    assert pixels.shape == (1, 6, 3) and pixels[0, :, 0].tolist() == [0, 63, 127, 254, 255, 255]
+    assert pixels.shape == (1, 7, 3) and pixels[0, :, 0].tolist() == [0, 0, 63, 127, 254, 255, 255]
 
 
 # -- real images in place of generated ones ----------------------------------------------------------------------------
 def test_reference_images_are_each_item_s_own_or_its_neighbour_s(dataset, recorders):
     _, encoder = nets(dataset)
     options = {"z_dim": Z_DIM, "cond_dim": COND_DIM, "n": 5, "batch_size": 3}
-    real = ev.evaluate_reference("real", encoder, dataset, [spec()], **options)
+    judge = nn.Linear(1, 1)
+    real = ev.evaluate_reference("real", encoder, dataset, [spec()], evaluators={"judge": judge},
+                                 training_network_hashes={"text_encoder": "h"}, weights_dir="w", cache_dir="c",
+                                 **options)  # fmt: skip
+    context = recorders[0].context
+    assert context.networks == {"judge": judge} and context.training_network_hashes == {"text_encoder": "h"}
+    assert context.weights_dir == Path("w") and context.cache_dir == Path("c")
     shuffled = ev.evaluate_reference("shuffled", encoder, dataset, [spec()], **options)
     want = expected_batches(dataset, Generator(), encoder, n=5, batch_size=3)
     for recorder, kind, result in ((recorders[0], "real", real), (recorders[1], "shuffled", shuffled)):
@@ -408,7 +434,7 @@ def test_evaluation_during_training_records_step_judges_and_split(dataset, recor
                                trained_against={"text_encoder": encoder}, z_dim=Z_DIM, cond_dim=COND_DIM, n=4,
                                batch_size=2, device="cpu")  # fmt: skip
     ((row,),) = [rows]
-    assert row["step"] == 40 and row["n"] == 4
+    assert row["step"] == 40 and row["n"] == 4 and row["protocol"]["batch_size"] == 2
     assert row["protocol"]["checkpoint"] == {"step": 40, "path": None, "sha256": None, "in_training": True}
     assert row["protocol"]["split"] == "test" and row["protocol"]["seed"] == 100
     context = recorders[0].context
@@ -444,15 +470,20 @@ def test_default_metrics_follow_the_recipe_then_the_data_set(dataset, tmp_path):
     assert ev.default_metrics(_recipe(), object()) == ["fid.v1", "is.v1", "r_precision.v1"]
 
 
-def test_metric_specs_resolve_names_take_recipe_params_and_drop_repeats(recorders):
+def test_metric_specs_resolve_names_take_recipe_params_and_drop_repeats(dataset, recorders):
     recipe = _recipe("recorder.v1")
     specs = ev.metric_specs(recipe, ["recorder", "lower", "recorder.v1"], None)
     assert [name for name, _ in specs] == ["recorder.v1", "lower.v1"]
     assert specs[0][1] == RecorderParams(fail="recorder.v1") and specs[1][1] == RecorderParams()
     assert [name for name, _ in ev.metric_specs(recipe, None, None)] == ["recorder.v1"]
     assert [name for name, _ in ev.metric_specs(recipe, [], None)] == ["recorder.v1"]
+    shapes = [name for name, _ in ev.metric_specs(_recipe(), None, dataset)]
+    assert shapes == ["caption_consistency.v1", "r_precision.v1"]
     assert ev.higher_is_better("recorder") is True and ev.higher_is_better("lower.v1") is False
     assert ev.higher_is_better("fid") is False and ev.higher_is_better("is") is True
+    get_registry("metric").register("plain.v1", lambda params, *, context: Recorder(params, context=context),
+                                    params=RecorderParams)  # fmt: skip
+    assert ev.higher_is_better("plain") is True  # a factory that does not say: higher is better
 
 
 # -- eval.jsonl and per-item records -----------------------------------------------------------------------------------
@@ -467,13 +498,13 @@ def test_protocol_ids_ignore_what_describes_the_run_and_stay_stable():
 
 
 def test_rows_round_trip_through_eval_jsonl_and_a_cut_line_is_skipped(tmp_path):
-    path = tmp_path / "deep" / "eval.jsonl"
+    path = tmp_path / "run" / "deep" / "eval.jsonl"
     row = {"value": np.float32(0.5), "n": np.int64(3), "where": Path("/x"), "pair": (1, np.float64(2.5)),
-           "details": {1: [np.int32(2)]}}  # fmt: skip
+           "details": {1: [np.int32(2)]}, "dtype": torch.float16}  # fmt: skip
     assert ev.append_rows(path, [row]) == path
     ev.append_rows(path, [{"value": 1.0}])
     assert ev.read_rows(path) == [
-        {"value": 0.5, "n": 3, "where": "/x", "pair": [1, 2.5], "details": {"1": [2]}},
+        {"value": 0.5, "n": 3, "where": "/x", "pair": [1, 2.5], "details": {"1": [2]}, "dtype": "torch.float16"},
         {"value": 1.0},
     ]
     assert path.read_text().splitlines()[1] == '{"value": 1.0}'
@@ -485,14 +516,18 @@ def test_rows_round_trip_through_eval_jsonl_and_a_cut_line_is_skipped(tmp_path):
 
 
 def test_per_item_records_are_saved_per_metric_and_protocol(tmp_path):
-    rows = [{"metric": "a.v1", "protocol_id": "p1"}, {"metric": "b.v1", "protocol_id": "p2"}]
-    ev.save_items(tmp_path, rows, {"a.v1": {"scores": [1.0, 2.0], "keys": ["x", "y"]}})
-    path = tmp_path / "eval_items" / "a.v1-p1.npz"
-    assert ev.items_path(tmp_path, "a.v1", "p1") == path
+    rows = [{"metric": "b.v1", "protocol_id": "p2"}, {"metric": "a.v1", "protocol_id": "p1"}]
+    run = tmp_path / "runs" / "one"  # not created yet
+    ev.save_items(run, rows, {"a.v1": {"scores": [1.0, 2.0], "keys": ["x", "y"]}})
+    path = run / "eval_items" / "a.v1-p1.npz"
+    assert ev.items_path(run, "a.v1", "p1") == path
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.v1-p1.npz"]  # no partial file, nothing for b
-    saved = ev.load_items(tmp_path, "a.v1", "p1")
+    saved = ev.load_items(run, "a.v1", "p1")
     assert saved["scores"].tolist() == [1.0, 2.0] and saved["keys"].tolist() == ["x", "y"]
-    ev.save_items(tmp_path, rows[:1], {"a.v1": {"scores": [3.0], "keys": ["z"]}})  # replaces
-    assert ev.load_items(tmp_path, "a.v1", "p1")["scores"].tolist() == [3.0]
-    assert ev.load_items(tmp_path, "b.v1", "p2") is None
+    ev.save_items(run, rows[1:], {"a.v1": {"scores": [3.0], "keys": ["z"]}})  # replaces
+    assert ev.load_items(run, "a.v1", "p1")["scores"].tolist() == [3.0]
+    assert ev.load_items(run, "b.v1", "p2") is None
+    np.savez(ev.items_path(run, "b.v1", "p2"), scores=np.array([{"code": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):  # a per-item file never runs a pickle
+        ev.load_items(run, "b.v1", "p2")
     json.dumps(rows)  # rows untouched
