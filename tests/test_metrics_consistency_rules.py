@@ -369,3 +369,16 @@ def test_real_image_full_reads_the_file_as_rgb(tmp_path):
     got = _real_image(dataset, 0, "full")
     assert got.shape == (5, 7, 3) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_train_crop_maps_positions_back_through_a_centred_crop(judge):
+    """The training crop is centred: the crop's centre is the render's centre, its edge lies (scale - 1) / 2 of the
+    crop's side inside the render's edge."""
+    scale = framing_scale("train_crop", 64)  # 76/64: the render was magnified, then centre-cropped to 64 px
+    centred = judge.find(judge.label_pixels(square(canvas(64), "red", 32, 32, 6)), "red", scale)
+    assert centred["centre"] == pytest.approx((0.5, 0.5), abs=1e-12)
+    labels = judge.label_pixels(square(canvas(64), "red", 6, 58, 6))
+    corner = judge.find(labels, "red", scale)
+    margin = (scale - 1) / 2 / scale  # the render's fraction cut off each side
+    assert corner["centre"] == pytest.approx((margin + 6 / 64 / scale, margin + 58 / 64 / scale), abs=1e-12)
+    assert judge.find(labels, "red", 1.0)["centre"] == (6 / 64, 58 / 64)  # full framing: the image is the render
