@@ -430,9 +430,11 @@ def test_evaluation_during_training_records_step_judges_and_split(dataset, recor
     generator, encoder = nets(dataset)
     generator.train()
     judge = nn.Linear(3, 1)
+    precision = Precision()
     rows = ev.evaluate_at_step(generator, encoder, dataset, [spec()], step=40,
                                trained_against={"text_encoder": encoder}, z_dim=Z_DIM, cond_dim=COND_DIM, n=4,
-                               batch_size=2, device="cpu")  # fmt: skip
+                               batch_size=2, device="cpu", precision=precision)  # fmt: skip
+    assert precision.regions == 2  # the run's precision reaches generation
     ((row,),) = [rows]
     assert row["step"] == 40 and row["n"] == 4 and row["protocol"]["batch_size"] == 2
     assert row["protocol"]["checkpoint"] == {"step": 40, "path": None, "sha256": None, "in_training": True}
