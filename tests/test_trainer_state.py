@@ -1,0 +1,91 @@
+"""What a GAN checkpoint holds besides the networks, and what a resume takes back from it (GANTrainer.state /
+load_state), and the trainer's own evaluation entry point (GANTrainer.evaluate).
+
+The resume tests in test_train.py compare whole runs; these pin each field, so that a resume which silently forgot
+the best metric so far (and then overwrote ``best-*.pt`` with a worse model), the time spent, or the noise stream
+fails here by name.
+"""
+
+from __future__ import annotations
+
+import torch
+from test_train import data_root, make  # noqa: F401  (the module-scoped data fixture)
+
+import t2i
+from t2i.metrics.evaluation import read_rows
+from t2i.train import checkpoint as ckpt
+from t2i.train import run_dir as run_dirs
+from t2i.train.loop import GANTrainer
+
+# r_precision's default 99 negatives need more captions than the tiny test split has
+METRICS = 'eval.metrics=[{name="caption_consistency"},{name="r_precision",negatives=5}]'
+
+
+def trainer(data_root, tmp_path, name="run", resume=None, world=1):  # noqa: F811
+    recipe, dataset = make(data_root, [METRICS])
+    return GANTrainer(recipe, run_dirs.create(recipe, tmp_path / name), dataset, quiet=True, resume=resume,
+                      world=world)  # fmt: skip
+
+
+def test_a_checkpoint_records_the_run_around_the_networks(data_root, tmp_path):  # noqa: F811
+    run = trainer(data_root, tmp_path)
+    run.step, run.steps_option, run.best = 6, 9, {"r_precision.v1": 0.25}
+    state = run.state()
+    assert set(state) == {"format_version", "t2i_version", "kind", "step", "recipe", "vocab", "models", "optimizers",
+                          "rng", "data", "metrics", "budget", "world_size", "steps_option"}  # fmt: skip
+    assert state["format_version"] == ckpt.FORMAT_VERSION and state["t2i_version"] == t2i.__version__
+    assert state["kind"] == "gan" and state["step"] == 6 and state["steps_option"] == 9 and state["world_size"] == 1
+    assert state["data"] == {"batches_consumed": 6, "seed": run.recipe.seed}
+    assert state["metrics"] == {"best": {"r_precision.v1": 0.25}}
+    assert state["recipe"] == run.recipe.to_dict() and state["vocab"] == run.vocab.to_dict()
+    assert set(state["models"]) >= {"generator", "generator_ema", "discriminators", "text_encoder"}
+    assert len(state["models"]["discriminators"]) == len(run.nets.discriminators)
+    assert set(state["optimizers"]) == {"generator", "discriminators", "scalers"}
+
+
+def test_a_resume_takes_back_step_best_budget_and_noise(data_root, tmp_path):  # noqa: F811
+    first = trainer(data_root, tmp_path)
+    first.fit(steps=2)
+    first.best = {"r_precision.v1": 0.5}
+    first.budget.seconds, first.budget.step_flops = 12.5, 1e9
+    torch.randn(3, generator=first.noise)  # the stream has moved on since the start
+    state = ckpt.load(first.save(periodic=False))
+    resumed = trainer(data_root, tmp_path, "again", resume=state)
+    assert resumed.step == 2 and resumed.steps_option == 2 and resumed.best == {"r_precision.v1": 0.5}
+    assert resumed.budget.seconds == 12.5 and resumed.budget.step_flops == 1e9
+    assert torch.equal(resumed.noise.get_state(), first.noise.get_state())
+    for name, tensor in resumed.state()["models"]["generator"].items():
+        assert torch.equal(tensor, state["models"]["generator"][name]), name
+    # a checkpoint written before best values and budgets were kept resumes with none
+    old = {k: v for k, v in state.items() if k not in ("metrics", "budget", "world_size", "steps_option")}
+    bare = trainer(data_root, tmp_path, "old", resume=old)
+    assert bare.best == {} and bare.steps_option is None and bare.budget.seconds == 0.0
+    assert torch.equal(bare.noise.get_state(), first.noise.get_state())  # same number of processes (1)
+
+
+def test_a_resume_with_another_number_of_processes_reseeds_the_noise_stream(data_root, tmp_path):  # noqa: F811
+    first = trainer(data_root, tmp_path)
+    first.step = 4
+    state = first.state()
+    state["world_size"] = 2
+    resumed = trainer(data_root, tmp_path, "again", resume=state)
+    expected = torch.Generator().manual_seed(resumed.recipe.seed * 1000 + 0 + 7919 * 4)
+    assert torch.equal(resumed.noise.get_state(), expected.get_state())
+
+
+def test_trainer_evaluate_uses_its_judges_and_records_what_it_is_given(data_root, tmp_path):  # noqa: F811
+    run = trainer(data_root, tmp_path)
+    run.step = 3
+    test_split = run.recipe.data.dataset.build(split="test", image_sizes=[run.recipe.stage_sizes()[-1]])
+    rows = run.evaluate(test_split, metrics=["r_precision"], n=4, checkpoint={"step": 3, "path": "x.pt"})
+    (row,) = rows
+    assert row["metric"] == "r_precision.v1" and row["step"] == 3 and row["n"] == 4
+    assert row["protocol"]["checkpoint"] == {"step": 3, "path": "x.pt"}
+    # the text encoder the generator trained against is the judge, and the record says so by its hash
+    assert row["protocol"]["judge_is_trainer"] is True
+    assert row["images_seen"] == 3 * run.recipe.data.batch_size  # what the run had spent by then
+    assert not (run.run.path / "eval_items").exists()  # per-image records only when asked for
+    assert [r["metric"] for r in read_rows(run.run.path / "eval.jsonl")] == ["r_precision.v1"]
+    kept = run.evaluate(test_split, n=4, keep_items=True)  # the recipe's metrics
+    assert [r["metric"] for r in kept] == ["caption_consistency.v1", "r_precision.v1"]
+    assert (run.run.path / "eval_items").is_dir()
