@@ -307,3 +307,31 @@ def test_sigterm_with_the_lock_exits_cleanly_and_releases_it(data_root, tmp_path
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
     assert not (run / "train.lock").exists()
+
+
+def test_skip_stops_after_three_restores_in_a_row(data_root, tmp_path):
+    """A run that diverges again right after every restore is stopped at the fourth, not restored for ever."""
+    from t2i.registry import import_user_file
+    from t2i.train.finite import NonFiniteError
+
+    plugin = tmp_path / "nan_grad_from_plugin.py"  # NaN gradients at every call from `at_call` on
+    plugin.write_text(
+        NAN_GRAD_PLUGIN.replace('"nan_grad_at.v1"', '"nan_grad_from.v1"').replace(
+            "if self.calls == self.params.at_call:", "if self.calls >= self.params.at_call:"
+        )
+    )
+    import_user_file(plugin)
+    extra = ['train.alignment=[{name="nan_grad_from", at_call=6}]', "train.finite_check_every=1",
+             "train.checkpoint_every=5", 'train.nan_policy="skip"']  # fmt: skip
+    recipe, dataset = make(data_root, extra)
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
+    last = trainer.run.checkpoints / "last.pt"
+    with pytest.raises(NonFiniteError) as info:
+        trainer.fit(steps=12)
+    assert str(info.value) == (
+        "step 9: generator, generator EMA hold NaN or Inf values again after 3 restores in a row; stopped (the "
+        f"training diverges from the last good checkpoint {last}: lower the learning rates?)"
+    )
+    log = trainer.run.log_file.read_text()
+    assert [f"step {s}: generator" in log for s in (6, 7, 8)] == [True, True, True]
+    assert ckpt.load(last)["step"] == 5

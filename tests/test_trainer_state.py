@@ -1,5 +1,5 @@
 """What a GAN checkpoint holds besides the networks, and what a resume takes back from it (GANTrainer.state /
-load_state), and the trainer's own evaluation entry point (GANTrainer.evaluate).
+load_state); what ``fit`` reports; the trainer's own evaluation entry point (GANTrainer.evaluate).
 
 The resume tests in test_train.py compare whole runs; these pin each field, so that a resume which silently forgot
 the best metric so far (and then overwrote ``best-*.pt`` with a worse model), the time spent, or the noise stream
@@ -7,6 +7,8 @@ fails here by name.
 """
 
 from __future__ import annotations
+
+import json
 
 import torch
 from test_train import data_root, make  # noqa: F401  (the module-scoped data fixture)
@@ -89,3 +91,19 @@ def test_trainer_evaluate_uses_its_judges_and_records_what_it_is_given(data_root
     kept = run.evaluate(test_split, n=4, keep_items=True)  # the recipe's metrics
     assert [r["metric"] for r in kept] == ["caption_consistency.v1", "r_precision.v1"]
     assert (run.run.path / "eval_items").is_dir()
+
+
+def test_fit_logs_its_start_its_resume_and_its_end(data_root, tmp_path):  # noqa: F811
+    first = trainer(data_root, tmp_path)
+    last = first.fit(steps=2)
+    assert last == first.run.checkpoints / "last.pt" and last.is_file()
+    log = first.run.log_file.read_text()
+    assert f"training {first.recipe.name}: 2 steps, batch 4, run folder {first.run.path}" in log
+    assert f"done: 2 steps; last checkpoint {last}" in log
+    assert "resumed at" not in log and "torch.compile" not in log  # no compiled first step to time apart
+    rows = [json.loads(line) for line in first.run.metrics_file.read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2] and all(row["images_per_s"] > 0 for row in rows)
+    resumed = trainer(data_root, tmp_path, "again", resume=ckpt.load(last))
+    assert resumed.fit() == resumed.run.checkpoints / "last.pt"  # nothing left to train: where last.pt belongs
+    log = resumed.run.log_file.read_text()
+    assert "resumed at step 2 of 2" in log and f"training {first.recipe.name}:" not in log
