@@ -210,6 +210,11 @@ def test_eval_split_picks_the_in_training_evaluation_data(data_root, tmp_path):
     train_set = load(data_root).data.dataset.build(split="train", image_sizes=[64])
     test_set = load(data_root).data.dataset.build(split="test", image_sizes=[64])
     assert sizes == {"train": len(train_set), "test": len(test_set)} and len(train_set) != len(test_set)
+    # with selection_split = "val" the evaluation runs on the held-out items, whatever eval.split says
+    held_out = trainer_for(load(data_root, [*extra[:-1], 'eval.selection_split="val"', "eval.val_size=3",
+                                            'eval.split="test"']), tmp_path / "val")  # fmt: skip
+    held_out.fit(steps=1)
+    assert len(held_out._eval_set) == 3 and held_out._eval_set.split == "val"
     bad = trainer_for(load(data_root, [*extra, 'eval.split="nosuch"']), tmp_path / "bad")
     with pytest.raises(Exception, match="no split 'nosuch'"):
         bad.fit(steps=1)

@@ -102,7 +102,12 @@ def test_fit_logs_its_start_its_resume_and_its_end(data_root, tmp_path):  # noqa
     assert f"done: 2 steps; last checkpoint {last}" in log
     assert "resumed at" not in log and "torch.compile" not in log  # no compiled first step to time apart
     rows = [json.loads(line) for line in first.run.metrics_file.read_text().splitlines()]
-    assert [row["step"] for row in rows] == [1, 2] and all(row["images_per_s"] > 0 for row in rows)
+    assert [row["step"] for row in rows] == [1, 2]
+    # step 2's speed is its batch over the time since step 1 was logged, at most the time between the two rows
+    assert rows[1]["images_per_s"] >= 4 / (rows[1]["time"] - rows[0]["time"])
+    assert "step 2/2 " in log and " img/s " in log  # the line printed when there is no live progress bar
+    # sample sheets every sample_every (1000) steps and at the last step
+    assert sorted(p.name for p in first.run.samples.glob("step_*.png")) == ["step_00000002.png"]
     resumed = trainer(data_root, tmp_path, "again", resume=ckpt.load(last))
     assert resumed.fit() == resumed.run.checkpoints / "last.pt"  # nothing left to train: where last.pt belongs
     log = resumed.run.log_file.read_text()
