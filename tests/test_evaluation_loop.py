@@ -9,7 +9,6 @@ drawn z then ε per batch), so a changed seed, order, count or field fails a tes
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -532,4 +531,3 @@ def test_per_item_records_are_saved_per_metric_and_protocol(tmp_path):
     np.savez(ev.items_path(run, "b.v1", "p2"), scores=np.array([{"code": 1}], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):  # a per-item file never runs a pickle
         ev.load_items(run, "b.v1", "p2")
-    json.dumps(rows)  # rows untouched
