@@ -155,39 +155,48 @@ def test_in_training_evaluation_returns_rows(tmp_path):
     assert trainer.ema.model.training is False  # evaluated in eval mode and left as it was
 
 
-def test_the_best_checkpoint_follows_the_metric_s_own_direction(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("higher", "values", "expected"),
+    [
+        # a distance: lower is better; a tie is no improvement
+        (False, [3.0, 3.0, 2.0, 5.0, 1.0], [0, None, 2, None, 4]),
+        # a score: higher is better
+        (True, [0.2, 0.2, 0.5, 0.1, 0.6], [0, None, 2, None, 4]),
+    ],
+)
+def test_the_best_checkpoint_follows_the_metric_s_own_direction(tmp_path, monkeypatch, higher, values, expected):
     """A metric declares whether higher is better; the loop keeps its best by that, not by the metric's name."""
     import t2i.train.loop as loop
     from t2i.metrics.base import Metric
     from t2i.registry import Params, get_registry
 
-    class MadeUpDistance(Metric):  # a distance whose name does not start with "fid"
-        name = "made_up_distance.v1"
-        higher_is_better = False
+    class MadeUpMeasure(Metric):  # a name that says nothing about its direction
+        name = "made_up_measure.v1"
+        higher_is_better = higher
 
-    values = iter([3.0, 2.0, 5.0, 1.0])
+    stream = iter(values)
 
     def fake_evaluation(*args, step, **kwargs):
-        return [{"metric": "made_up_distance.v1", "value": next(values), "step": step}]
+        return [{"metric": "made_up_measure.v1", "value": next(stream), "step": step}]
 
     monkeypatch.setattr(loop, "evaluate_at_step", fake_evaluation)
     with get_registry("metric").snapshot() as metrics:
-        metrics.register("made_up_distance.v1", MadeUpDistance, params=Params)
+        metrics.register("made_up_measure.v1", MadeUpMeasure, params=Params)
         sets = tiny_overrides(tmp_path / "shapes") + [
             "eval.every_steps=1",
-            'eval.best_metric="made_up_distance"',
-            'eval.metrics=[{name="made_up_distance"}]',
+            'eval.best_metric="made_up_measure"',
+            'eval.metrics=[{name="made_up_measure"}]',
         ]
         recipe = recipe_mod.load("dmgan_shapes", sets)
         dataset = recipe.data.dataset.build(split="train", image_sizes=recipe.stage_sizes())
         trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
         trainer._eval_set = dataset  # the evaluation itself is replaced above
         kept = []
-        for step in (1, 2, 3, 4):
+        for step in range(1, len(values) + 1):
             trainer.step = step
             kept.append(trainer.maybe_evaluate())
-    assert kept == ["made_up_distance.v1", "made_up_distance.v1", None, "made_up_distance.v1"]
-    assert trainer.best == {"made_up_distance.v1": 1.0}
+    assert kept == [None if i is None else "made_up_measure.v1" for i in expected]
+    assert trainer.best == {"made_up_measure.v1": values[expected[-1]]}
 
 
 def test_registered_metrics_say_which_way_is_better():
