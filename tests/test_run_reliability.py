@@ -335,3 +335,15 @@ def test_skip_stops_after_three_restores_in_a_row(data_root, tmp_path):
     log = trainer.run.log_file.read_text()
     assert [f"step {s}: generator" in log for s in (6, 7, 8)] == [True, True, True]
     assert ckpt.load(last)["step"] == 5
+
+
+def test_divergence_before_the_first_checkpoint_says_there_is_none(data_root, tmp_path):
+    from t2i.train.finite import NonFiniteError
+
+    nan_grad_trainer(data_root, tmp_path, [])  # registers nan_grad_at
+    extra = ['train.alignment=[{name="nan_grad_at", at_call=1}]', "train.finite_check_every=1"]  # G's first step
+    recipe, dataset = make(data_root, extra)
+    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "first"), dataset, quiet=True)
+    with pytest.raises(NonFiniteError) as info:
+        trainer.fit(steps=3)
+    assert str(info.value).endswith("stopped. The last good checkpoint is none (no checkpoint written yet)")

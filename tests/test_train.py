@@ -345,6 +345,9 @@ def test_in_training_evaluation_keeps_best_checkpoint(data_root, tmp_path):
     best = list(trainer.run.checkpoints.glob("best-*.pt"))
     assert len(best) == 1 and "caption_consistency" in best[0].name
     assert ckpt.load(best[0])["metrics"]["best"]
+    log = trainer.run.log_file.read_text()
+    assert "step 2: caption_consistency.v1 = " in log and "new best caption_consistency.v1 = " in log
+    assert trainer._eval_set.image_sizes == [recipe.stage_sizes()[-1]]  # the generator's output size
 
 
 STREAM_TINY = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 from test_train import data_root, make  # noqa: F401  (the module-scoped data fixture)
 
@@ -61,9 +62,15 @@ def test_a_resume_takes_back_step_best_budget_and_noise(data_root, tmp_path):  #
         assert torch.equal(tensor, state["models"]["generator"][name]), name
     # a checkpoint written before best values and budgets were kept resumes with none
     old = {k: v for k, v in state.items() if k not in ("metrics", "budget", "world_size", "steps_option")}
+    old["optimizers"] = {k: v for k, v in state["optimizers"].items() if k != "scalers"}
     bare = trainer(data_root, tmp_path, "old", resume=old)
     assert bare.best == {} and bare.steps_option is None and bare.budget.seconds == 0.0
     assert torch.equal(bare.noise.get_state(), first.noise.get_state())  # same number of processes (1)
+    # the learning rates are the recipe's, not the checkpoint's: a resume may change them
+    recipe, dataset = make(data_root, [METRICS, "seed=3", "train.lr_g=0.0005", "train.lr_d=0.0007"])
+    changed = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "lr"), dataset, quiet=True, resume=state)
+    assert [g["lr"] for g in changed.opt_g.param_groups] == [0.0005]
+    assert {g["lr"] for o in changed.opt_d for g in o.param_groups} == {0.0007}
 
 
 def test_a_resume_with_another_number_of_processes_reseeds_the_noise_stream(data_root, tmp_path):  # noqa: F811
@@ -109,7 +116,58 @@ def test_fit_logs_its_start_its_resume_and_its_end(data_root, tmp_path):  # noqa
     assert re.search(r"step 2/2 [\d.]+ img/s D0=[-\d.]+ ", log)  # the line printed without a live progress bar
     # sample sheets every sample_every (1000) steps and at the last step
     assert sorted(p.name for p in first.run.samples.glob("step_*.png")) == ["step_00000002.png"]
+    assert first.budget.step_flops > 0  # FLOPs counted in the first step (no torch.compile to count around)
+    runtimes = json.loads((first.run.path / "env.json").read_text())["runtimes"]
+    assert [r["device"] for r in runtimes] == ["cpu"]  # the resolved runtime, recorded once per start
     resumed = trainer(data_root, tmp_path, "again", resume=ckpt.load(last))
     assert resumed.fit() == resumed.run.checkpoints / "last.pt"  # nothing left to train: where last.pt belongs
     log = resumed.run.log_file.read_text()
     assert "resumed at step 2 of 2" in log and f"training {first.recipe.name}:" not in log
+
+
+def test_fit_logs_every_log_every_steps_and_samples_every_sample_every_steps(data_root, tmp_path):  # noqa: F811
+    recipe, dataset = make(data_root, ["train.log_every=2", "train.sample_every=2"])
+    run = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "run"), dataset, quiet=True)
+    run.fit(steps=3)
+    rows = [json.loads(line) for line in run.run.metrics_file.read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 3]  # and the last step, whatever log_every says
+    assert sorted(p.name for p in run.run.samples.glob("step_*.png")) == ["step_00000002.png", "step_00000003.png"]
+
+
+def test_a_signal_checkpoints_at_the_end_of_the_step_and_says_how_to_resume(data_root, tmp_path):  # noqa: F811
+    from t2i.train.loop import Stop
+
+    run = trainer(data_root, tmp_path)
+    stop = Stop()
+    stop.signal_name = "SIGTERM"  # as the handler sets it
+    last = run.fit(steps=5, stop=stop)
+    assert last == run.run.checkpoints / "last.pt" and ckpt.load(last)["step"] == 1 and run.step == 1
+    log = run.run.log_file.read_text()
+    assert f"SIGTERM: checkpoint written at step 1; resume with `t2i train --resume {run.run.path}`" in log
+    assert "done:" not in log
+
+
+def test_nonfinite_optimiser_state_is_named_before_a_checkpoint(data_root, tmp_path):  # noqa: F811
+    from t2i.train.finite import NonFiniteError
+
+    run = trainer(data_root, tmp_path)
+    run.fit(steps=1)
+    next(iter(run.opt_g.state.values()))["exp_avg"].fill_(float("nan"))
+    assert run.check_networks(1, full=False) is True  # parameters only: still finite
+    with pytest.raises(NonFiniteError) as info:
+        run.check_networks(1, full=True)
+    assert str(info.value).startswith("step 1: generator optimiser state hold NaN or Inf values; stopped.")
+
+
+def test_trainer_evaluate_with_independent_judges(data_root, tmp_path):  # noqa: F811
+    import copy
+
+    run = trainer(data_root, tmp_path)
+    test_split = run.recipe.data.dataset.build(split="test", image_sizes=[run.recipe.stage_sizes()[-1]])
+    judges = {"text_encoder": copy.deepcopy(run.nets.text_encoder), "image_encoder": copy.deepcopy(
+        run.nets.frozen["image_encoder"])}  # fmt: skip
+    with torch.no_grad():
+        for judge in judges.values():
+            next(judge.parameters()).add_(1.0)  # other weights than the encoders G trains against
+    (row,) = run.evaluate(test_split, metrics=["r_precision"], n=4, evaluators=judges)
+    assert row["protocol"]["judge_is_trainer"] is False
