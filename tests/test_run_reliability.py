@@ -54,6 +54,7 @@ NAN_GRAD_PLUGIN = textwrap.dedent("""
     class NanGradParams(Params):
         weight: float = 1.0
         at_call: int = 3
+        onwards: bool = False  # NaN gradients at every call from at_call on, not only at it
 
     class NanGrad(torch.autograd.Function):
         @staticmethod
@@ -72,19 +73,19 @@ NAN_GRAD_PLUGIN = textwrap.dedent("""
             self.params, self.calls = params, 0
         def forward(self, fake, text):  # a finite loss whose gradient is NaN at one call: G's Adam step goes NaN
             self.calls += 1
-            if self.calls == self.params.at_call:
+            if self.calls == self.params.at_call or (self.params.onwards and self.calls > self.params.at_call):
                 return NanGrad.apply(fake).mean() * 0.0, {}
             return fake.mean() * 0.0, {}
 """)
 
 
-def nan_grad_trainer(data_root, tmp_path, extra: list[str]):
+def nan_grad_trainer(data_root, tmp_path, extra: list[str], nan_grad: str = "at_call=3"):
     from t2i.registry import import_user_file
 
     plugin = tmp_path / "nan_grad_plugin.py"
     plugin.write_text(NAN_GRAD_PLUGIN)
     import_user_file(plugin)
-    recipe, dataset = make(data_root, ['train.alignment=[{name="nan_grad_at", at_call=3}]', *extra])
+    recipe, dataset = make(data_root, [f'train.alignment=[{{name="nan_grad_at", {nan_grad}}}]', *extra])
     return GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
 
 
@@ -311,20 +312,10 @@ def test_sigterm_with_the_lock_exits_cleanly_and_releases_it(data_root, tmp_path
 
 def test_skip_stops_after_three_restores_in_a_row(data_root, tmp_path):
     """A run that diverges again right after every restore is stopped at the fourth, not restored for ever."""
-    from t2i.registry import import_user_file
     from t2i.train.finite import NonFiniteError
 
-    plugin = tmp_path / "nan_grad_from_plugin.py"  # NaN gradients at every call from `at_call` on
-    plugin.write_text(
-        NAN_GRAD_PLUGIN.replace('"nan_grad_at.v1"', '"nan_grad_from.v1"').replace(
-            "if self.calls == self.params.at_call:", "if self.calls >= self.params.at_call:"
-        )
-    )
-    import_user_file(plugin)
-    extra = ['train.alignment=[{name="nan_grad_from", at_call=6}]', "train.finite_check_every=1",
-             "train.checkpoint_every=5", 'train.nan_policy="skip"']  # fmt: skip
-    recipe, dataset = make(data_root, extra)
-    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "runs"), dataset, quiet=True)
+    extra = ["train.finite_check_every=1", "train.checkpoint_every=5", 'train.nan_policy="skip"']
+    trainer = nan_grad_trainer(data_root, tmp_path, extra, nan_grad="at_call=6, onwards=true")
     last = trainer.run.checkpoints / "last.pt"
     with pytest.raises(NonFiniteError) as info:
         trainer.fit(steps=12)
@@ -340,10 +331,8 @@ def test_skip_stops_after_three_restores_in_a_row(data_root, tmp_path):
 def test_divergence_before_the_first_checkpoint_says_there_is_none(data_root, tmp_path):
     from t2i.train.finite import NonFiniteError
 
-    nan_grad_trainer(data_root, tmp_path, [])  # registers nan_grad_at
-    extra = ['train.alignment=[{name="nan_grad_at", at_call=1}]', "train.finite_check_every=1"]  # G's first step
-    recipe, dataset = make(data_root, extra)
-    trainer = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "first"), dataset, quiet=True)
+    # G's first Adam step goes NaN, before any checkpoint exists
+    trainer = nan_grad_trainer(data_root, tmp_path, ["train.finite_check_every=1"], nan_grad="at_call=1")
     with pytest.raises(NonFiniteError) as info:
         trainer.fit(steps=3)
     assert str(info.value).endswith("stopped. The last good checkpoint is none (no checkpoint written yet)")

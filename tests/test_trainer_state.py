@@ -25,10 +25,9 @@ from t2i.train.loop import GANTrainer
 METRICS = 'eval.metrics=[{name="caption_consistency"},{name="r_precision",negatives=5}]'
 
 
-def trainer(data_root, tmp_path, name="run", resume=None, world=1):  # noqa: F811
-    recipe, dataset = make(data_root, [METRICS, "seed=3"])  # not 0: seed * 1000 must differ from seed * 1001
-    return GANTrainer(recipe, run_dirs.create(recipe, tmp_path / name), dataset, quiet=True, resume=resume,
-                      world=world)  # fmt: skip
+def trainer(data_root, tmp_path, name="run", resume=None, extra=()):  # noqa: F811
+    recipe, dataset = make(data_root, [METRICS, "seed=3", *extra])  # not 0: seed * 1000 must differ from seed * 1001
+    return GANTrainer(recipe, run_dirs.create(recipe, tmp_path / name), dataset, quiet=True, resume=resume)
 
 
 def test_a_checkpoint_records_the_run_around_the_networks(data_root, tmp_path):  # noqa: F811
@@ -67,8 +66,7 @@ def test_a_resume_takes_back_step_best_budget_and_noise(data_root, tmp_path):  #
     assert bare.best == {} and bare.steps_option is None and bare.budget.seconds == 0.0
     assert torch.equal(bare.noise.get_state(), first.noise.get_state())  # same number of processes (1)
     # the learning rates are the recipe's, not the checkpoint's: a resume may change them
-    recipe, dataset = make(data_root, [METRICS, "seed=3", "train.lr_g=0.0005", "train.lr_d=0.0007"])
-    changed = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "lr"), dataset, quiet=True, resume=state)
+    changed = trainer(data_root, tmp_path, "lr", resume=state, extra=["train.lr_g=0.0005", "train.lr_d=0.0007"])
     assert [g["lr"] for g in changed.opt_g.param_groups] == [0.0005]
     assert {g["lr"] for o in changed.opt_d for g in o.param_groups} == {0.0007}
 
@@ -126,8 +124,7 @@ def test_fit_logs_its_start_its_resume_and_its_end(data_root, tmp_path):  # noqa
 
 
 def test_fit_logs_every_log_every_steps_and_samples_every_sample_every_steps(data_root, tmp_path):  # noqa: F811
-    recipe, dataset = make(data_root, ["train.log_every=2", "train.sample_every=2"])
-    run = GANTrainer(recipe, run_dirs.create(recipe, tmp_path / "run"), dataset, quiet=True)
+    run = trainer(data_root, tmp_path, extra=["train.log_every=2", "train.sample_every=2"])
     run.fit(steps=3)
     rows = [json.loads(line) for line in run.run.metrics_file.read_text().splitlines()]
     assert [row["step"] for row in rows] == [2, 3]  # and the last step, whatever log_every says
